@@ -1,0 +1,2 @@
+//! The `nin` command-line tool.
+fn main() {}

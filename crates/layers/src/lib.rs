@@ -1,1 +1,28 @@
-//! Placeholder: filled in by the foundation work.
+/*!
+Shared layers for the NIN family, and the ops candle lacks to train them.
+
+- [`MlpConv`]: a k×k convolution followed by 1×1 convolutions (a small MLP slid over the image),
+  each with optional batch norm and an activation.
+- [`global_avg_pool`]: one logit per class map.
+- [`pool2d`]: max and average pooling with padding and ceil mode, as custom ops whose CPU
+  forward and backward are parallel and follow PyTorch's semantics (candle's own pooling cannot
+  backpropagate NIN's overlapping 3×3 stride-2 windows).
+- [`Dropout`] and [`seeded_var_builder`]: dropout masks and initial weights from a seeded
+  generator, because candle's CPU generator cannot be seeded.
+- [`ClassMapModel`]: the contract every model of the zoo keeps.
+*/
+#![deny(missing_docs)]
+
+mod dropout;
+mod error;
+mod gap;
+mod init;
+mod model;
+mod rng;
+
+pub use dropout::Dropout;
+pub use error::{Error, Result};
+pub use gap::{global_avg_pool, global_avg_pool_with_maps, GapOutput};
+pub use init::{init_tensor, seeded_var_builder, WeightInit};
+pub use model::{ClassMapModel, ParamRole};
+pub use rng::{derive_seed, seeded_rng, DropoutRng, SeededRng};

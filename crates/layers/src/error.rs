@@ -1,0 +1,42 @@
+//! The one error type of the layers crate, so callers can match on what went wrong.
+
+/// Errors raised by layer construction and the custom ops.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A layer configuration field is out of its valid range.
+    #[error("invalid {layer} config: `{field}` {problem}")]
+    InvalidConfig {
+        /// The layer kind, e.g. `pool2d`.
+        layer: &'static str,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it, e.g. `must be at most kernel/2 (= 1), got 2`.
+        problem: String,
+    },
+    /// A tensor reached a layer with a shape it cannot take.
+    #[error("{op}: expected {expected}, got shape {got:?}")]
+    BadShape {
+        /// The op or layer that refused the tensor.
+        op: &'static str,
+        /// What was expected, in words.
+        expected: &'static str,
+        /// The shape that arrived.
+        got: Vec<usize>,
+    },
+    /// An error from candle itself.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with the layers crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}

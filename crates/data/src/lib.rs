@@ -1,1 +1,55 @@
-//! Placeholder: filled in by the foundation work.
+//! `nin-data` turns the official CIFAR-10/100 binary archives into training batches: fast,
+//! reproducibly and safely.
+//!
+//! - [`locate`] / [`load`] read the official `.tar.gz` (in memory, no extraction needed), an
+//!   extracted folder, or the cache ([`cache_dir`]); [`download`] fetches into the cache with
+//!   resume and MD5 check; [`extract`] unpacks only the expected members.
+//! - [`Cifar`] holds both splits as [`ImageSet`]s (`u8`, CHW, as stored); [`Cifar::split`] draws a
+//!   seeded, stratified validation [`Holdout`] from the training set.
+//! - [`Loader`] turns a set into [`Batch`]es of `[N, 3, 32, 32]` f32 tensors and `u32` labels, with
+//!   seeded shuffling and [`Augment`]ation, prepared on a prefetch thread; normalisation is either
+//!   per-channel [`Normalize`] (what `pretrained_cfg {mean, std}` records) or the authors' GCN +
+//!   [`Zca`] whitening.
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use nin_data::{load, Dataset, Holdout, LoadOptions, Loader, LoaderConfig, Normalize, Preprocess, Split};
+//!
+//! let cifar = load(Dataset::Cifar10, &LoadOptions::default())?;
+//! let train = cifar.split(Split::Train, Some(Holdout { size: 5000, seed: 0 }))?;
+//! let norm = Normalize::from_set(&train);
+//! let loader = Loader::new(train, LoaderConfig::train(128, 42), Preprocess::Normalize(norm), Device::Cpu)?;
+//! for batch in loader.epoch_from(3, 10)? {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.dims4()?, (128, 3, 32, 32));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod archive;
+mod dataset;
+mod download;
+mod error;
+mod loader;
+mod normalize;
+mod rng;
+mod zca;
+
+pub use archive::{
+    extract, load, load_source, locate, read_archive, read_folder, LoadOptions, Members, Source,
+};
+pub use dataset::{
+    parse_names, parse_records, Cifar, Dataset, Holdout, ImageSet, LabelKind, Split, HOME_PAGE,
+    IMAGE_BYTES,
+};
+pub use download::{
+    base_url, cache_dir, download, download_url, md5_file, DownloadOptions, DEFAULT_BASE_URL,
+};
+pub use error::{Error, Result};
+pub use loader::{
+    augment_image, epoch_permutation, Augment, Batch, Batches, HostBatch, Loader, LoaderConfig,
+    Preprocess,
+};
+pub use normalize::Normalize;
+pub use zca::{gcn, Zca, ZcaConfig, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN};

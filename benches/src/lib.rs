@@ -1,0 +1,1 @@
+//! Benchmarks for nin-zoo live in `benches/`; this library only gives them a home package.

@@ -192,8 +192,12 @@ mod tests {
     fn build(seed: u64) -> Tensor {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
-        vb.get_with_hints((64, 32, 3, 3), "w", WeightInit::Normal { std: 0.05 }.hint(&[]))
-            .unwrap()
+        vb.get_with_hints(
+            (64, 32, 3, 3),
+            "w",
+            WeightInit::Normal { std: 0.05 }.hint(&[]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -224,13 +228,31 @@ mod tests {
             .get_with_hints(&shape, "x", WeightInit::XavierUniform.hint(&shape))
             .unwrap();
         let bound = (6.0f64 / (450.0 + 900.0)).sqrt() as f32;
-        let max = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(max <= bound && max > 0.9 * bound, "max {max}, bound {bound}");
+        let max = w
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "max {max}, bound {bound}"
+        );
         let k = vb
             .get_with_hints(&shape, "k", WeightInit::KaimingUniform.hint(&shape))
             .unwrap();
         let bound = (6.0f64 / 450.0).sqrt() as f32;
-        let max = k.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(max <= bound && max > 0.9 * bound, "max {max}, bound {bound}");
+        let max = k
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "max {max}, bound {bound}"
+        );
     }
 }

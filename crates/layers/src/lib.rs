@@ -18,6 +18,7 @@ mod error;
 mod gap;
 mod init;
 mod model;
+mod pool;
 mod rng;
 
 pub use dropout::Dropout;
@@ -25,4 +26,5 @@ pub use error::{Error, Result};
 pub use gap::{global_avg_pool, global_avg_pool_with_maps, GapOutput};
 pub use init::{init_tensor, seeded_var_builder, WeightInit};
 pub use model::{ClassMapModel, ParamRole};
+pub use pool::{pool2d, Pool2dConfig, PoolKind};
 pub use rng::{derive_seed, seeded_rng, DropoutRng, SeededRng};

@@ -75,6 +75,9 @@ mod tests {
         assert_eq!(ParamRole::of("mlpconv1.bn.0.weight", 1), ParamRole::Norm);
         assert_eq!(ParamRole::of("mlpconv1.bn.0.bias", 1), ParamRole::Norm);
         assert_eq!(ParamRole::of("stem.norm.running_var", 1), ParamRole::Buffer);
-        assert_eq!(ParamRole::of("mlpconv1.bn.2.running_mean", 1), ParamRole::Buffer);
+        assert_eq!(
+            ParamRole::of("mlpconv1.bn.2.running_mean", 1),
+            ParamRole::Buffer
+        );
     }
 }

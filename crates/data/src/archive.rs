@@ -248,30 +248,53 @@ fn walk_archive(
         error: gz_error.clone(),
     };
     let mut tar = tar::Archive::new(tap);
-    let classify = |e: io::Error| -> Error {
-        if let Some(reason) = gz_error.borrow().clone() {
-            Error::CorruptGzip {
-                path: archive.into(),
-                reason,
-            }
-        } else {
-            Error::CorruptTar {
-                path: archive.into(),
-                reason: e.to_string(),
-            }
-        }
-    };
-    let expected = dataset.members();
-    let entries = tar.entries().map_err(classify)?;
-    let mut n_entries = 0usize;
-    for entry in entries {
-        let mut entry = entry.map_err(classify)?;
-        n_entries += 1;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let unsafe_member = |reason| Error::UnsafeMember {
+    let walked = walk_entries(&mut tar, archive, dataset, &mut visit);
+    // Read the gzip stream to its end: a corrupt deflate block or CRC shows up here even when the
+    // tar layer stopped early (or choked first on the garbage).
+    let drained = io::copy(&mut tar.into_inner(), &mut io::sink());
+    if let Some(reason) = gz_error.borrow().clone() {
+        return Err(Error::CorruptGzip {
             path: archive.into(),
-            member: raw.clone(),
             reason,
+        });
+    }
+    match walked {
+        Err(Walk::Io(e)) => Err(Error::CorruptTar {
+            path: archive.into(),
+            reason: e.to_string(),
+        }),
+        Err(Walk::Data(e)) => Err(e),
+        Ok(()) => drained.map(|_| ()).map_err(|e| Error::CorruptGzip {
+            path: archive.into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+enum Walk {
+    Io(io::Error),
+    Data(Error),
+}
+
+type Visit<'a> = dyn FnMut(&'static str, &mut tar::Entry<'_, GzTap<io::BufReader<fs::File>>>) -> io::Result<()>
+    + 'a;
+
+fn walk_entries(
+    tar: &mut tar::Archive<GzTap<io::BufReader<fs::File>>>,
+    archive: &Path,
+    dataset: Dataset,
+    visit: &mut Visit<'_>,
+) -> std::result::Result<(), Walk> {
+    let expected = dataset.members();
+    for entry in tar.entries().map_err(Walk::Io)? {
+        let mut entry = entry.map_err(Walk::Io)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let unsafe_member = |reason| {
+            Walk::Data(Error::UnsafeMember {
+                path: archive.into(),
+                member: raw.clone(),
+                reason,
+            })
         };
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
@@ -303,16 +326,7 @@ fn walk_archive(
             _ => None,
         };
         if let Some(name) = name {
-            visit(name, &mut entry).map_err(classify)?;
-        }
-    }
-    if n_entries == 0 {
-        // An empty or non-tar stream: a gzip error shows up here at the latest.
-        if let Some(reason) = gz_error.borrow().clone() {
-            return Err(Error::CorruptGzip {
-                path: archive.into(),
-                reason,
-            });
+            visit(name, &mut entry).map_err(Walk::Io)?;
         }
     }
     Ok(())

@@ -1,0 +1,185 @@
+//! The downloader against a local HTTP server started by each test: full download, resume of a
+//! partial file with a Range request, MD5 mismatch, dropped connections, offline errors, and the
+//! real `../shared/data` archive when present. No test touches the internet.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use nin_data::{download, download_url, Dataset, DownloadOptions, Error};
+
+fn generated_archive() -> Vec<u8> {
+    gz(&tar_bytes(&cifar10_members()))
+}
+
+#[test]
+fn downloads_verifies_and_loads() -> TestResult {
+    let body = Arc::new(generated_archive());
+    let server = serve(
+        Dataset::Cifar10.archive_name(),
+        body.clone(),
+        vec![Mode::Normal],
+    );
+    let dir = tempfile::tempdir()?;
+    let opts = DownloadOptions {
+        base_url: server.base_url.clone(),
+        md5: Some(md5_hex(&body)),
+        progress: false,
+    };
+    let path = download(Dataset::Cifar10, dir.path(), &opts)?;
+    assert_eq!(std::fs::read(&path)?, *body);
+    assert!(!dir.path().join("cifar-10-binary.tar.gz.part").exists());
+    // A second call finds the verified file and makes no request (the server took one connection).
+    download(Dataset::Cifar10, dir.path(), &opts)?;
+    assert_eq!(
+        server.handle.join().map_err(|_| "server panicked")?,
+        vec![None]
+    );
+    let cifar = nin_data::load(
+        Dataset::Cifar10,
+        &nin_data::LoadOptions {
+            data: Some(dir.path().into()),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(cifar.train.len(), 20);
+    Ok(())
+}
+
+#[test]
+fn resumes_a_partial_download_with_range() -> TestResult {
+    let body = Arc::new(generated_archive());
+    let dir = tempfile::tempdir()?;
+    let dest = dir.path().join("a.tar.gz");
+    let half = body.len() / 2;
+    std::fs::write(dir.path().join("a.tar.gz.part"), &body[..half])?;
+    let server = serve("a.tar.gz", body.clone(), vec![Mode::Normal]);
+    download_url(
+        &format!("{}/a.tar.gz", server.base_url),
+        &dest,
+        &md5_hex(&body),
+        false,
+    )?;
+    assert_eq!(std::fs::read(&dest)?, *body);
+    let ranges = server.handle.join().map_err(|_| "server panicked")?;
+    assert_eq!(ranges, vec![Some(format!("bytes={half}-"))]);
+    Ok(())
+}
+
+#[test]
+fn dropped_connection_then_resume() -> TestResult {
+    let body = Arc::new(generated_archive());
+    let dir = tempfile::tempdir()?;
+    let dest = dir.path().join("b.tar.gz");
+    let server = serve(
+        "b.tar.gz",
+        body.clone(),
+        vec![Mode::DropAfter(1000), Mode::Normal],
+    );
+    let url = format!("{}/b.tar.gz", server.base_url);
+    let err = download_url(&url, &dest, &md5_hex(&body), false).unwrap_err();
+    assert!(matches!(err, Error::Download { .. }), "{err}");
+    assert!(err.to_string().contains("resume"), "{err}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("b.tar.gz.part"))?.len(),
+        1000
+    );
+    download_url(&url, &dest, &md5_hex(&body), false)?;
+    assert_eq!(std::fs::read(&dest)?, *body);
+    let ranges = server.handle.join().map_err(|_| "server panicked")?;
+    assert_eq!(ranges, vec![None, Some("bytes=1000-".into())]);
+    Ok(())
+}
+
+#[test]
+fn md5_mismatch_is_an_error_and_discards_the_part() -> TestResult {
+    let body = Arc::new(generated_archive());
+    let dir = tempfile::tempdir()?;
+    let server = serve(Dataset::Cifar10.archive_name(), body, vec![Mode::Normal]);
+    // The published MD5 of the official archive cannot match the generated one.
+    let opts = DownloadOptions {
+        base_url: server.base_url.clone(),
+        md5: None,
+        progress: false,
+    };
+    let err = download(Dataset::Cifar10, dir.path(), &opts).unwrap_err();
+    assert!(
+        matches!(err, Error::Checksum { ref expected, .. } if expected == "c32a1d4ab5d03f1284b67883e8d87530"),
+        "{err}"
+    );
+    assert!(!dir.path().join("cifar-10-binary.tar.gz").exists());
+    assert!(!dir.path().join("cifar-10-binary.tar.gz.part").exists());
+    Ok(())
+}
+
+#[test]
+fn http_error_status() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = serve("other.tar.gz", Arc::new(vec![1, 2, 3]), vec![Mode::Normal]);
+    let opts = DownloadOptions {
+        base_url: server.base_url.clone(),
+        md5: None,
+        progress: false,
+    };
+    let err = download(Dataset::Cifar100, dir.path(), &opts).unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn offline_error_says_where_to_put_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let opts = DownloadOptions {
+        base_url: format!("http://127.0.0.1:{port}"),
+        md5: None,
+        progress: false,
+    };
+    let err = download(Dataset::Cifar10, dir.path(), &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Download { .. }), "{msg}");
+    assert!(
+        msg.contains(
+            &dir.path()
+                .join("cifar-10-binary.tar.gz")
+                .display()
+                .to_string()
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("cifar.html"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn downloads_the_real_archive() -> TestResult {
+    let Some(real) = real_archive("cifar-10-binary.tar.gz") else {
+        return Ok(());
+    };
+    let body = Arc::new(std::fs::read(&real)?);
+    let md5 = nin_data::md5_file(&real)?;
+    let dir = tempfile::tempdir()?;
+    let dest = dir.path().join("cifar-10-binary.tar.gz");
+    let third = body.len() / 3;
+    std::fs::write(
+        dir.path().join("cifar-10-binary.tar.gz.part"),
+        &body[..third],
+    )?;
+    let server = serve("cifar-10-binary.tar.gz", body.clone(), vec![Mode::Normal]);
+    download_url(
+        &format!("{}/cifar-10-binary.tar.gz", server.base_url),
+        &dest,
+        &md5,
+        false,
+    )?;
+    assert_eq!(nin_data::md5_file(&dest)?, md5);
+    assert_eq!(
+        server.handle.join().map_err(|_| "server panicked")?,
+        vec![Some(format!("bytes={third}-"))]
+    );
+    Ok(())
+}

@@ -1,1 +1,282 @@
-//! Placeholder: filled in by the foundation work.
+/*!
+Network in Network (Lin, Chen, Yan, "Network In Network", ICLR 2014, arXiv:1312.4400) for
+32×32 images, as the authors' CIFAR-10 Caffe model defines it.
+
+Three mlpconv blocks (a k×k convolution and two 1×1 convolutions, each followed by ReLU, the
+last one included), 3×3 stride-2 ceil-mode pooling with dropout 0.5 after the first two blocks,
+and global average pooling over one map per class: no fully connected layer.
+
+Exact to the authors' files: layer widths, kernels, padding, pooling (max, then average that
+divides overhanging windows by their real cells), dropout, ReLU on the class maps, N(0, 0.05²)
+weights and zero biases. Preset [`Config::nin_bn`] adds batch norm after every convolution
+(a common modern variant, not in the paper).
+
+Weight names are PyTorch's state-dict keys: `mlpconv1.conv.weight` `[192, 3, 5, 5]`,
+`mlpconv1.mlp.0.weight` `[160, 192, 1, 1]`, …, `mlpconv3.mlp.1.weight` `[C, 192, 1, 1]`, each with
+its `.bias`; batch norm under `mlpconvN.bn.{j}` (j = 0 for the k×k convolution).
+
+```
+use candle_core::{DType, Device, Tensor};
+use nin_layers::ClassMapModel;
+use nin_model_nin::{Config, Nin};
+
+let cfg = Config::nin(10);
+let varmap = candle_nn::VarMap::new();
+let model = Nin::new(&cfg, nin_layers::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu))?;
+let logits = model.forward_t(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?, false)?;
+assert_eq!(logits.dims(), &[1, 10]);
+assert_eq!(cfg.param_count(), 966_986);
+# Ok::<(), Box<dyn std::error::Error>>(())
+```
+*/
+#![deny(missing_docs)]
+
+use candle_core::{ModuleT, Tensor};
+use candle_nn::VarBuilder;
+use nin_layers::{
+    global_avg_pool, pool2d, Activation, ClassMapModel, Dropout, DropoutRng, MlpConv,
+    MlpConvConfig, Pool2dConfig, PoolKind, WeightInit,
+};
+
+/// The architecture's knobs. Presets: [`Config::nin`], [`Config::nin_bn`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Number of classes `C` (maps of the last layer).
+    pub num_classes: usize,
+    /// Input channels (3 for RGB).
+    #[serde(default = "default_in_channels")]
+    pub in_channels: usize,
+    /// Widths of mlpconv1: 5×5 convolution, then two 1×1 layers.
+    #[serde(default = "default_widths1")]
+    pub mlpconv1: [usize; 3],
+    /// Widths of mlpconv2: 5×5 convolution, then two 1×1 layers.
+    #[serde(default = "default_widths2")]
+    pub mlpconv2: [usize; 3],
+    /// Widths of mlpconv3's 3×3 convolution and first 1×1 layer (the class layer follows).
+    #[serde(default = "default_widths3")]
+    pub mlpconv3: [usize; 2],
+    /// The second pooling: average in the Caffe model, max in the cuda-convnet files.
+    #[serde(default = "default_pool2")]
+    pub pool2: PoolKind,
+    /// Dropout probability after each of the first two pools.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Batch norm after every convolution, before its ReLU.
+    #[serde(default)]
+    pub batch_norm: bool,
+    /// Initialisation of the convolution weights.
+    #[serde(default = "default_init")]
+    pub init: WeightInit,
+}
+
+fn default_in_channels() -> usize {
+    3
+}
+fn default_widths1() -> [usize; 3] {
+    [192, 160, 96]
+}
+fn default_widths2() -> [usize; 3] {
+    [192, 192, 192]
+}
+fn default_widths3() -> [usize; 2] {
+    [192, 192]
+}
+fn default_pool2() -> PoolKind {
+    PoolKind::Avg
+}
+fn default_dropout() -> f64 {
+    0.5
+}
+fn default_init() -> WeightInit {
+    WeightInit::Normal { std: 0.05 }
+}
+
+/// Input side the model is built for.
+pub const INPUT_SIZE: usize = 32;
+
+impl Config {
+    /// The authors' CIFAR model (Caffe model zoo), exact.
+    pub fn nin(num_classes: usize) -> Self {
+        Self {
+            num_classes,
+            in_channels: default_in_channels(),
+            mlpconv1: default_widths1(),
+            mlpconv2: default_widths2(),
+            mlpconv3: default_widths3(),
+            pool2: default_pool2(),
+            dropout: default_dropout(),
+            batch_norm: false,
+            init: default_init(),
+        }
+    }
+
+    /// NIN with batch norm after every convolution (before its ReLU) and Kaiming-normal init.
+    pub fn nin_bn(num_classes: usize) -> Self {
+        Self {
+            batch_norm: true,
+            init: WeightInit::KaimingNormal,
+            ..Self::nin(num_classes)
+        }
+    }
+
+    /// The three mlpconv blocks' configurations.
+    pub fn blocks(&self) -> [MlpConvConfig; 3] {
+        let block = |in_channels, kernel, padding, widths: &[usize]| MlpConvConfig {
+            batch_norm: self.batch_norm,
+            ..MlpConvConfig::new(
+                in_channels,
+                kernel,
+                padding,
+                widths,
+                Activation::Relu,
+                self.init,
+            )
+        };
+        let [a, b] = self.mlpconv3;
+        [
+            block(self.in_channels, 5, 2, &self.mlpconv1),
+            block(self.mlpconv1[2], 5, 2, &self.mlpconv2),
+            block(self.mlpconv2[2], 3, 1, &[a, b, self.num_classes]),
+        ]
+    }
+
+    /// Trainable parameters: 966,986 for `nin(10)`, 984,356 for `nin(100)`.
+    pub fn param_count(&self) -> usize {
+        self.blocks().iter().map(MlpConvConfig::param_count).sum()
+    }
+
+    /// Multiply-accumulates of the convolutions for one 32×32 image: 222.5 M for `nin(10)`.
+    pub fn macs_per_image(&self) -> u64 {
+        let [b1, b2, b3] = self.blocks();
+        let pool = Pool2dConfig::nin(PoolKind::Max);
+        let s1 = INPUT_SIZE;
+        let s2 = pool.output_size(s1).unwrap_or(1);
+        let s3 = pool.output_size(s2).unwrap_or(1);
+        b1.macs(s1, s1) + b2.macs(s2, s2) + b3.macs(s3, s3)
+    }
+
+    fn validate(&self) -> nin_layers::Result<()> {
+        if self.num_classes == 0 {
+            return Err(nin_layers::Error::InvalidConfig {
+                layer: "nin",
+                field: "num_classes",
+                problem: "must be at least 1, got 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Network in Network. Fields are named like their weight prefixes.
+#[derive(Clone, Debug)]
+pub struct Nin {
+    mlpconv1: MlpConv,
+    pool1: Pool2dConfig,
+    mlpconv2: MlpConv,
+    pool2: Pool2dConfig,
+    mlpconv3: MlpConv,
+    dropout: Dropout,
+    dropout_rng: DropoutRng,
+    config: Config,
+}
+
+impl Nin {
+    /// Builds (or loads, depending on `vb`) the model.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> nin_layers::Result<Self> {
+        cfg.validate()?;
+        let [b1, b2, b3] = cfg.blocks();
+        let dropout_rng = DropoutRng::new(0);
+        Ok(Self {
+            mlpconv1: MlpConv::new(&b1, vb.pp("mlpconv1"))?,
+            pool1: Pool2dConfig::nin(PoolKind::Max),
+            mlpconv2: MlpConv::new(&b2, vb.pp("mlpconv2"))?,
+            pool2: Pool2dConfig::nin(cfg.pool2),
+            mlpconv3: MlpConv::new(&b3, vb.pp("mlpconv3"))?,
+            dropout: Dropout::new(cfg.dropout, dropout_rng.clone())?,
+            dropout_rng,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl ClassMapModel for Nin {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
+    }
+
+    fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (_, c, _, _) = xs.dims4()?;
+        if c != self.config.in_channels {
+            candle_core::bail!(
+                "nin: expected input [N, {}, H, W], got {:?}",
+                self.config.in_channels,
+                xs.dims()
+            );
+        }
+        let xs = self.mlpconv1.forward_t(xs, train)?;
+        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool1)?, train)?;
+        let xs = self.mlpconv2.forward_t(&xs, train)?;
+        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool2)?, train)?;
+        self.mlpconv3.forward_t(&xs, train)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+
+    fn head_prefix(&self) -> &str {
+        "mlpconv3.mlp.1"
+    }
+
+    fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
+    }
+
+    fn macs_per_image(&self) -> u64 {
+        self.config.macs_per_image()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_the_paper_model() {
+        assert_eq!(Config::nin(10).param_count(), 966_986);
+        assert_eq!(Config::nin(100).param_count(), 984_356);
+        assert_eq!(
+            Config::nin_bn(10).param_count() - Config::nin(10).param_count(),
+            2_836
+        );
+    }
+
+    #[test]
+    fn macs_match_the_reference_cost() {
+        let macs = Config::nin(10).macs_per_image() as f64 / 1e6;
+        assert!((macs - 222.5).abs() < 0.05, "{macs} M");
+    }
+
+    #[test]
+    fn config_round_trips_through_json_and_defaults_fill_gaps() {
+        let cfg = Config {
+            pool2: PoolKind::Max,
+            ..Config::nin(100)
+        };
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""pool2":"max""#), "{json}");
+        assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), cfg);
+        let short: Config = serde_json::from_str(r#"{"num_classes": 10}"#).unwrap();
+        assert_eq!(short, Config::nin(10));
+        let err = serde_json::from_str::<Config>(r#"{"num_classes": 10, "widht": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("widht"), "{err}");
+    }
+}

@@ -1,0 +1,348 @@
+//! The mlpconv block of Network in Network: a k×k convolution followed by 1×1 convolutions,
+//! i.e. a small multilayer perceptron slid over every position of the image.
+
+use candle_core::{Module, ModuleT, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+
+use crate::error::{Error, Result};
+use crate::init::WeightInit;
+
+/// The nonlinearity after a convolution (and its batch norm).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// x for x > 0, α(eˣ − 1) otherwise.
+    Elu {
+        /// Saturation value for negative inputs.
+        alpha: f64,
+    },
+    /// No nonlinearity.
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Relu => xs.relu(),
+            Self::Elu { alpha } => xs.elu(alpha),
+            Self::Identity => Ok(xs.clone()),
+        }
+    }
+}
+
+/// Architecture of one mlpconv block.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConvConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Side of the first (spatial) convolution's kernel.
+    pub kernel: usize,
+    /// Stride of the first convolution.
+    pub stride: usize,
+    /// Zero padding of the first convolution.
+    pub padding: usize,
+    /// Output channels of each convolution: the k×k one first, then each 1×1 layer.
+    pub widths: Vec<usize>,
+    /// The activation after each convolution, one per entry of `widths`.
+    pub activations: Vec<Activation>,
+    /// Batch norm after each convolution, before its activation.
+    pub batch_norm: bool,
+    /// Initialisation of the convolution weights (biases start at zero).
+    pub init: WeightInit,
+}
+
+impl MlpConvConfig {
+    /// A block with the same activation after every convolution and no batch norm.
+    pub fn new(
+        in_channels: usize,
+        kernel: usize,
+        padding: usize,
+        widths: &[usize],
+        activation: Activation,
+        init: WeightInit,
+    ) -> Self {
+        Self {
+            in_channels,
+            kernel,
+            stride: 1,
+            padding,
+            widths: widths.to_vec(),
+            activations: vec![activation; widths.len()],
+            batch_norm: false,
+            init,
+        }
+    }
+
+    /// Checks that the block can be built.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, problem: String| Error::InvalidConfig {
+            layer: "mlpconv",
+            field,
+            problem,
+        };
+        if self.widths.is_empty() {
+            return Err(invalid(
+                "widths",
+                "must name at least one convolution".into(),
+            ));
+        }
+        if let Some(i) = self.widths.iter().position(|&w| w == 0) {
+            return Err(invalid("widths", format!("entry {i} is 0")));
+        }
+        if self.activations.len() != self.widths.len() {
+            return Err(invalid(
+                "activations",
+                format!(
+                    "must have one entry per width ({}), got {}",
+                    self.widths.len(),
+                    self.activations.len()
+                ),
+            ));
+        }
+        if self.in_channels == 0 || self.kernel == 0 || self.stride == 0 {
+            return Err(invalid(
+                "in_channels/kernel/stride",
+                "must all be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output channels of the block.
+    pub fn out_channels(&self) -> usize {
+        self.widths.last().copied().unwrap_or(self.in_channels)
+    }
+
+    /// Output side for an input side `size`.
+    pub fn output_size(&self, size: usize) -> usize {
+        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+    }
+
+    /// Multiply-accumulates per image for an `h`×`w` input.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = (self.output_size(h), self.output_size(w));
+        let mut c_in = self.in_channels;
+        let mut macs = 0u64;
+        for (i, &c_out) in self.widths.iter().enumerate() {
+            let k = if i == 0 { self.kernel } else { 1 };
+            macs += (oh * ow * c_out * c_in * k * k) as u64;
+            c_in = c_out;
+        }
+        macs
+    }
+
+    /// Trainable parameters (weights, biases, batch-norm scale and shift).
+    pub fn param_count(&self) -> usize {
+        let mut c_in = self.in_channels;
+        let mut n = 0;
+        for (i, &c_out) in self.widths.iter().enumerate() {
+            let k = if i == 0 { self.kernel } else { 1 };
+            n += c_out * c_in * k * k + c_out;
+            if self.batch_norm {
+                n += 2 * c_out;
+            }
+            c_in = c_out;
+        }
+        n
+    }
+}
+
+/// A convolution with bias, as candle's `Conv2d` but built from our initialisation hints.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads or creates `weight` `[out, in, k, k]` and `bias` `[out]` under `vb`.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        init: WeightInit,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let shape = [out_channels, in_channels, kernel, kernel];
+        let weight = vb.get_with_hints(&shape, "weight", init.hint(&shape))?;
+        let bias = vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// The `[out, in, k, k]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// One mlpconv block. Weight names: `conv.*` (k×k), `mlp.{i}.*` (1×1), `bn.{j}.*` (batch norm
+/// after convolution j, counting the k×k one as 0).
+#[derive(Clone, Debug)]
+pub struct MlpConv {
+    convs: Vec<Conv2d>,
+    norms: Vec<BatchNorm>,
+    activations: Vec<Activation>,
+}
+
+impl MlpConv {
+    /// Builds the block under `vb`.
+    pub fn new(cfg: &MlpConvConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let mut convs = Vec::with_capacity(cfg.widths.len());
+        let mut norms = Vec::new();
+        let mut c_in = cfg.in_channels;
+        for (i, &c_out) in cfg.widths.iter().enumerate() {
+            let conv = if i == 0 {
+                Conv2d::new(
+                    c_in,
+                    c_out,
+                    cfg.kernel,
+                    cfg.stride,
+                    cfg.padding,
+                    cfg.init,
+                    vb.pp("conv"),
+                )?
+            } else {
+                Conv2d::new(c_in, c_out, 1, 1, 0, cfg.init, vb.pp("mlp").pp(i - 1))?
+            };
+            convs.push(conv);
+            if cfg.batch_norm {
+                norms.push(candle_nn::batch_norm(
+                    c_out,
+                    BatchNormConfig::default(),
+                    vb.pp("bn").pp(i),
+                )?);
+            }
+            c_in = c_out;
+        }
+        Ok(Self {
+            convs,
+            norms,
+            activations: cfg.activations.clone(),
+        })
+    }
+
+    /// The block's convolutions in order (k×k first).
+    pub fn convs(&self) -> &[Conv2d] {
+        &self.convs
+    }
+}
+
+impl ModuleT for MlpConv {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            xs = conv.forward(&xs)?;
+            if let Some(norm) = self.norms.get(i) {
+                xs = norm.forward_t(&xs, train)?;
+            }
+            xs = self.activations[i].apply(&xs)?;
+        }
+        Ok(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::seeded_var_builder;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn nin_block1(batch_norm: bool) -> MlpConvConfig {
+        MlpConvConfig {
+            batch_norm,
+            ..MlpConvConfig::new(
+                3,
+                5,
+                2,
+                &[192, 160, 96],
+                Activation::Relu,
+                WeightInit::Normal { std: 0.05 },
+            )
+        }
+    }
+
+    #[test]
+    fn names_shapes_and_counts_follow_the_nin_contract() {
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let cfg = nin_block1(true);
+        let block = MlpConv::new(&cfg, vb.pp("mlpconv1")).unwrap();
+        let xs = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            block.forward_t(&xs, false).unwrap().dims(),
+            &[2, 96, 32, 32]
+        );
+        let data = varmap.data().lock().unwrap();
+        assert_eq!(data["mlpconv1.conv.weight"].dims(), &[192, 3, 5, 5]);
+        assert_eq!(data["mlpconv1.mlp.0.weight"].dims(), &[160, 192, 1, 1]);
+        assert_eq!(data["mlpconv1.mlp.1.bias"].dims(), &[96]);
+        assert_eq!(data["mlpconv1.bn.2.running_var"].dims(), &[96]);
+        let trainable: usize = data
+            .iter()
+            .filter(|(k, _)| !k.contains("running"))
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        assert_eq!(trainable, cfg.param_count());
+        // 5·5·3·192 + 192·160 + 160·96 per pixel, 32×32 pixels.
+        assert_eq!(cfg.macs(32, 32), 1024 * (14_400 + 30_720 + 15_360));
+    }
+
+    #[test]
+    fn mismatched_activations_are_refused() {
+        let mut cfg = nin_block1(false);
+        cfg.activations.pop();
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let err = MlpConv::new(&cfg, vb).unwrap_err();
+        assert!(err.to_string().contains("`activations`"), "{err}");
+    }
+
+    #[test]
+    fn identity_on_a_chosen_layer_keeps_negative_outputs() {
+        let mut cfg = MlpConvConfig::new(
+            2,
+            3,
+            1,
+            &[4, 3],
+            Activation::Relu,
+            WeightInit::Normal { std: 1.0 },
+        );
+        cfg.activations[1] = Activation::Identity;
+        let varmap = VarMap::new();
+        let block = MlpConv::new(
+            &cfg,
+            seeded_var_builder(&varmap, 9, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let xs = Tensor::randn(0f32, 1.0, (2, 2, 6, 6), &Device::Cpu).unwrap();
+        let min = block
+            .forward_t(&xs, false)
+            .unwrap()
+            .min_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(min < 0.0);
+    }
+}

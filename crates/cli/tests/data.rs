@@ -1,0 +1,120 @@
+//! `nin data …` run as a user would: on the real archive when `../shared/data` is present, and on
+//! bad paths, which must fail with exit code 2 and a message naming the path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn nin(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(args)
+        .env_remove("NIN_DATA_DIR")
+        .output()
+}
+
+fn shared_data() -> Option<PathBuf> {
+    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    loop {
+        if dir.join("Cargo.lock").is_file() {
+            let data = dir.join("..").join("shared").join("data");
+            return data.is_dir().then_some(data);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+#[test]
+fn info_on_the_real_archive() -> TestResult {
+    let Some(archive) = shared_data()
+        .map(|d| d.join("cifar-10-binary.tar.gz"))
+        .filter(|p| p.is_file())
+    else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return Ok(());
+    };
+    let out = nin(&["data", "info", "--data", &archive.display().to_string()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("train: 50000 images"), "{stdout}");
+    assert!(stdout.contains("test: 9968 images"), "{stdout}");
+    assert!(stdout.contains("cifar-10-binary.tar.gz"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("ship") && l.contains("5000") && l.contains("969")),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn verify_on_the_real_cifar100_sample() -> TestResult {
+    let Some(archive) = shared_data()
+        .map(|d| d.join("cifar-100-binary-mini.tar.gz"))
+        .filter(|p| p.is_file())
+    else {
+        eprintln!("skipping: ../shared/data/cifar-100-binary-mini.tar.gz is absent");
+        return Ok(());
+    };
+    let out = nin(&[
+        "data",
+        "verify",
+        "--dataset",
+        "cifar100",
+        "--data",
+        &archive.display().to_string(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("MD5") && stdout.contains("2000 training and 2000 test records"),
+        "{stdout}"
+    );
+    let strict = nin(&[
+        "data",
+        "verify",
+        "--strict",
+        "--dataset",
+        "cifar100",
+        "--data",
+        &archive.display().to_string(),
+    ])?;
+    assert_eq!(strict.status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn bad_path_fails_naming_the_path() -> TestResult {
+    let out = nin(&["data", "info", "--data", "/no/such/cifar-dir"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/no/such/cifar-dir"), "{stderr}");
+    assert!(stderr.contains("nin data download"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn corrupt_archive_fails_naming_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cifar-10-binary.tar.gz");
+    std::fs::write(&path, b"not an archive")?;
+    let out = nin(&["data", "info", "--data", &path.display().to_string()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("gzip"),
+        "{stderr}"
+    );
+    Ok(())
+}

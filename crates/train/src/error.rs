@@ -121,6 +121,19 @@ pub enum Error {
         /// The run folder holding the last good checkpoint.
         run_dir: PathBuf,
     },
+    /// A step left a parameter NaN or infinite; the run stopped without checkpointing them.
+    #[error(
+        "parameter `{name}` became non-finite by global step {global_step}; the run stopped, \
+         the last good checkpoint in {} is intact (try a lower learning rate)", run_dir.display()
+    )]
+    NonFiniteWeights {
+        /// The first non-finite parameter, by name.
+        name: String,
+        /// Steps taken when it was found.
+        global_step: usize,
+        /// The run folder holding the last good checkpoint.
+        run_dir: PathBuf,
+    },
     /// `train` was pointed at a folder that already holds a run.
     #[error("{} already holds a run (trainer_state.json exists); resume it or pick another folder", path.display())]
     RunExists {

@@ -321,7 +321,7 @@ impl AdamW {
                 ));
             }
         }
-        if !(eps > 0.0) {
+        if !(eps.is_finite() && eps > 0.0) {
             return Err(Error::invalid(
                 "adamw",
                 "eps",

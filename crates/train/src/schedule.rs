@@ -140,13 +140,13 @@ impl Schedule {
                 warmup_epochs,
                 min_lr,
             } => {
-                if !(*warmup_epochs >= 0.0) {
+                if !nonneg(*warmup_epochs) {
                     return bad(
                         "warmup_epochs",
                         format!("must be >= 0, got {warmup_epochs}"),
                     );
                 }
-                if !(*min_lr >= 0.0) {
+                if !nonneg(*min_lr) {
                     return bad("min_lr", format!("must be >= 0, got {min_lr}"));
                 }
                 Ok(())
@@ -157,7 +157,7 @@ impl Schedule {
                 div_factor,
                 final_div_factor,
             } => {
-                if !(*max_lr > 0.0) {
+                if !(max_lr.is_finite() && *max_lr > 0.0) {
                     return bad("max_lr", format!("must be > 0, got {max_lr}"));
                 }
                 if !(*pct_start > 0.0 && *pct_start < 1.0) {
@@ -180,10 +180,10 @@ impl Schedule {
                 if !(*factor > 0.0 && *factor < 1.0) {
                     return bad("factor", format!("must be in (0, 1), got {factor}"));
                 }
-                if !(*threshold >= 0.0) {
+                if !nonneg(*threshold) {
                     return bad("threshold", format!("must be >= 0, got {threshold}"));
                 }
-                if !(*min_lr >= 0.0) {
+                if !nonneg(*min_lr) {
                     return bad("min_lr", format!("must be >= 0, got {min_lr}"));
                 }
                 Ok(())
@@ -198,6 +198,11 @@ impl Schedule {
             _ => None,
         }
     }
+}
+
+/// Finite and not negative.
+fn nonneg(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
 }
 
 impl LrScheduler {

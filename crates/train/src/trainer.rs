@@ -345,6 +345,21 @@ impl<'a> Context<'a> {
         state: &mut TrainerState,
         progress: &mut dyn Progress,
     ) -> Result<()> {
+        // Never replace a good checkpoint by a diverged one.
+        for param in self.opt.params() {
+            let values = param
+                .var
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err(Error::NonFiniteWeights {
+                    name: param.name.clone(),
+                    global_step: state.global_step,
+                    run_dir: self.run_dir.clone(),
+                });
+            }
+        }
         state.schedule = self.sched.state().clone();
         let meta = BTreeMap::from([
             ("global_step".to_string(), state.global_step.to_string()),

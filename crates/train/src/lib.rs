@@ -14,6 +14,20 @@ The training engine of the zoo, shared by the `nin` CLI and the sweep.
 - [`trainer`]: [`train`], [`resume`] and [`evaluate`] over any [`nin_layers::ClassMapModel`] and
   [`BatchSource`], reporting through [`Progress`].
 
+A caller (the CLI) builds the model and its `VarMap` from the run seed, wraps its data pipeline
+in a [`BatchSource`], fills a [`RunConfig`] and calls [`train`]; to continue a run it reads
+[`RunConfig::load`], rebuilds the same model and data, and calls [`resume`].
+
+```
+use nin_train::{LrScheduler, Recipe};
+
+let recipe = Recipe::by_name("modern")?;
+let sched = LrScheduler::new(recipe.schedule.clone(), recipe.lr, recipe.epochs, 391)?;
+assert!(sched.lr(0, 0) < recipe.lr); // warming up
+assert_eq!(sched.lr(5, 0), recipe.lr); // warm-up done
+# Ok::<(), nin_train::Error>(())
+```
+
 **Invariants:** the engine never prints; every file is written atomically; the same seed,
 thread count and machine give bit-identical losses and weights, across interruptions too.
 */

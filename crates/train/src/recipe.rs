@@ -172,6 +172,14 @@ impl Recipe {
         }
     }
 
+    /// Reads a recipe from a JSON file (the `recipe` object of a `run.json`, or one written by
+    /// hand) and checks it.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let recipe: Self = crate::atomic::read_json(path)?;
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, problem: String| Err(Error::invalid("recipe", field, problem));
@@ -217,6 +225,22 @@ mod tests {
             let back: Recipe = serde_json::from_str(&json).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn recipe_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let mut r = Recipe::modern();
+        crate::atomic::write_json(&path, &r).unwrap();
+        assert_eq!(Recipe::from_file(&path).unwrap(), r);
+        r.batch_size = 0;
+        crate::atomic::write_json(&path, &r).unwrap();
+        let err = Recipe::from_file(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("`batch_size` must be > 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct TrainerState {
     pub global_step: usize,
     /// The run seed.
     pub seed: u64,
+    /// Batches per epoch of the training source; `resume` refuses a source that differs.
+    pub steps_per_epoch: usize,
     /// Best validation top-1 (percent) so far.
     pub best_eval_top1: Option<f64>,
     /// The epoch (1-based) that reached it.
@@ -185,12 +187,13 @@ pub struct TrainerState {
 
 impl TrainerState {
     /// The state before the first step.
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, steps_per_epoch: usize) -> Self {
         Self {
             epoch: 0,
             step_in_epoch: 0,
             global_step: 0,
             seed,
+            steps_per_epoch,
             best_eval_top1: None,
             best_epoch: None,
             schedule: ScheduleState::new(),

@@ -210,7 +210,7 @@ pub fn train(
     write_json(&run_dir.join(CONFIG_JSON), &run.model_dir_config())?;
 
     let mut ctx = Context::new(model, varmap, &run, data.batches_per_epoch(), run_dir)?;
-    let mut state = TrainerState::new(run.seed);
+    let mut state = TrainerState::new(run.seed, data.batches_per_epoch());
     ctx.save_checkpoint(&mut state, progress)?;
     write_metrics(run_dir, &state.history)?;
     ctx.run_loop(state, data, eval, progress, false)
@@ -233,6 +233,33 @@ pub fn resume(
     let run = RunConfig::load(run_dir)?;
     check_run(model, &run, eval.is_some())?;
     let state = TrainerState::load(run_dir)?;
+    let state_file = run_dir.join(TRAINER_STATE_JSON);
+    if state.seed != run.seed {
+        return Err(Error::invalid(
+            "run",
+            "seed",
+            format!(
+                "{} says {}, {} says {}",
+                RUN_JSON,
+                run.seed,
+                state_file.display(),
+                state.seed
+            ),
+        ));
+    }
+    if state.steps_per_epoch != data.batches_per_epoch() {
+        return Err(Error::invalid(
+            "data source",
+            "batches_per_epoch",
+            format!(
+                "the run was trained with {} batches per epoch ({}), the source now yields {}; \
+                 rebuild the data pipeline exactly as run.json records it",
+                state.steps_per_epoch,
+                state_file.display(),
+                data.batches_per_epoch()
+            ),
+        ));
+    }
     let mut ctx = Context::new(model, varmap, &run, data.batches_per_epoch(), run_dir)?;
 
     let step = state.global_step.to_string();

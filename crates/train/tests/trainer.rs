@@ -554,6 +554,28 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn resume_refuses_a_different_data_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_config(recipe(1, 0.1), 4, None);
+    full_run(dir.path(), &run).unwrap();
+    let (model, varmap) = Tiny::build(run.seed).unwrap();
+    let mut other = Synthetic::new(64, 16, 5, true);
+    let err = resume(
+        &model,
+        &varmap,
+        &mut other,
+        None,
+        dir.path(),
+        &mut NoProgress,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("trained with 6 batches per epoch"),
+        "{err}"
+    );
+}
+
+#[test]
 fn resume_without_a_run_names_the_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let (model, varmap) = Tiny::build(0).unwrap();

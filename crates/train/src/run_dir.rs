@@ -110,6 +110,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Worker threads; bit-identical results need the same count.
     pub threads: usize,
+    /// The device trained on, as the caller names it (`cpu`, `cuda:0`).
+    pub device: String,
     /// Also checkpoint every this many steps (besides every epoch end), so a killed run resumes
     /// mid-epoch.
     pub checkpoint_every_steps: Option<usize>,

@@ -373,20 +373,7 @@ impl<'a> Context<'a> {
         progress: &mut dyn Progress,
     ) -> Result<()> {
         // Never replace a good checkpoint by a diverged one.
-        for param in self.opt.params() {
-            let values = param
-                .var
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?;
-            if !values.iter().all(|v| v.is_finite()) {
-                return Err(Error::NonFiniteWeights {
-                    name: param.name.clone(),
-                    global_step: state.global_step,
-                    run_dir: self.run_dir.clone(),
-                });
-            }
-        }
+        self.check_finite(state.global_step)?;
         state.schedule = self.sched.state().clone();
         let meta = BTreeMap::from([
             ("global_step".to_string(), state.global_step.to_string()),
@@ -401,6 +388,25 @@ impl<'a> Context<'a> {
         save_weights(&self.run_dir.join(MODEL_SAFETENSORS), self.varmap, &meta)?;
         write_json(&self.run_dir.join(TRAINER_STATE_JSON), state)?;
         progress.on_checkpoint(state.global_step, &self.run_dir);
+        Ok(())
+    }
+
+    /// Fails with [`Error::NonFiniteWeights`] when a trainable parameter holds NaN or infinity.
+    fn check_finite(&self, global_step: usize) -> Result<()> {
+        for param in self.opt.params() {
+            let values = param
+                .var
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err(Error::NonFiniteWeights {
+                    name: param.name.clone(),
+                    global_step,
+                    run_dir: self.run_dir.clone(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -451,7 +457,9 @@ impl<'a> Context<'a> {
                 }
             }
 
-            // End of epoch: evaluate, schedule, keep the best, checkpoint.
+            // End of epoch: evaluate, schedule, keep the best, checkpoint. Diverged weights must
+            // not reach `best/` either.
+            self.check_finite(state.global_step)?;
             let report = match eval.as_deref_mut() {
                 Some(source) => Some(evaluate(self.model, source, &self.device)?),
                 None => None,

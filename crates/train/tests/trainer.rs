@@ -182,6 +182,7 @@ fn run_config(recipe: Recipe, seed: u64, every: Option<usize>) -> RunConfig {
         data: serde_json::json!({"dataset": "synthetic"}),
         seed,
         threads: 1,
+        device: "cpu".into(),
         checkpoint_every_steps: every,
         versions: BTreeMap::new(),
     }

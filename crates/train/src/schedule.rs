@@ -84,7 +84,7 @@ impl Monitor {
 }
 
 /// The mutable state of a schedule (only reduce-on-plateau has any), saved in checkpoints.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleState {
     /// Best monitored value so far.
@@ -106,6 +106,12 @@ impl ScheduleState {
             scale: 1.0,
             reductions: 0,
         }
+    }
+}
+
+impl Default for ScheduleState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -118,3 +118,30 @@ fn corrupt_archive_fails_naming_the_file() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn offline_download_says_where_to_put_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Nothing listens on a port whose listener was just dropped: the download fails like offline.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args([
+            "data",
+            "download",
+            "--data",
+            &dir.path().display().to_string(),
+        ])
+        .env("NIN_CIFAR_URL", format!("http://127.0.0.1:{port}"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let dest = dir.path().join("cifar-10-binary.tar.gz");
+    assert!(
+        stderr.contains(&dest.display().to_string()) && stderr.contains("manually")
+            || stderr.contains("offline"),
+        "{stderr}"
+    );
+    Ok(())
+}

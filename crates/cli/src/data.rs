@@ -49,6 +49,12 @@ enum Action {
         /// For CIFAR-100: count the 20 coarse classes instead of the 100 fine ones.
         #[arg(long)]
         coarse: bool,
+        /// Also show a validation split of this many images held out of train (e.g. 5000).
+        #[arg(long, value_name = "N")]
+        val: Option<usize>,
+        /// Seed of the validation draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -72,14 +78,20 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.action {
         Action::Download { common } => download(&common),
         Action::Verify { common, strict } => verify(&common, strict),
-        Action::Info { common, coarse } => info(
-            &common,
-            if coarse {
+        Action::Info {
+            common,
+            coarse,
+            val,
+            seed,
+        } => {
+            let kind = if coarse {
                 LabelKind::Coarse
             } else {
                 LabelKind::Fine
-            },
-        ),
+            };
+            let holdout = val.map(|size| nin_data::Holdout { size, seed });
+            info(&common, kind, holdout)
+        }
     }
 }
 
@@ -151,28 +163,63 @@ fn verify(common: &Common, strict: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn info(common: &Common, kind: LabelKind) -> anyhow::Result<()> {
+fn info(
+    common: &Common,
+    kind: LabelKind,
+    holdout: Option<nin_data::Holdout>,
+) -> anyhow::Result<()> {
     let (dataset, source) = locate(common)?;
     let cifar = nin_data::load_source(dataset, &source, kind)
         .with_context(|| format!("reading {}", source.path().display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "dataset: {dataset}")?;
     writeln!(out, "source: {}", describe(&source))?;
-    writeln!(
-        out,
-        "classes: {} ({kind:?} labels)",
-        cifar.label_names.len()
-    )?;
+    if let Source::Archive(path) = &source {
+        let md5 = nin_data::md5_file(path)?;
+        let note = if md5 == dataset.archive_md5() {
+            "the official archive"
+        } else {
+            "not the official archive"
+        };
+        writeln!(out, "md5: {md5} ({note})")?;
+    }
+    let kind_name = match (dataset, kind) {
+        (Dataset::Cifar10, _) => "class",
+        (_, LabelKind::Coarse) => "coarse",
+        _ => "fine",
+    };
+    let n_classes = cifar.label_names.len();
+    writeln!(out, "classes: {n_classes} ({kind_name} labels)")?;
     writeln!(out, "train: {} images", cifar.train.len())?;
     writeln!(out, "test: {} images", cifar.test.len())?;
-    let (train, test) = (cifar.train.class_counts(), cifar.test.class_counts());
-    writeln!(
-        out,
-        "{:>5}  {:<20} {:>7} {:>7}",
-        "label", "name", "train", "test"
-    )?;
+    let mut splits = Vec::new();
+    match holdout {
+        Some(h) => {
+            let (train, val) = cifar.train.holdout(h)?;
+            splits.push(("train", train.class_counts()));
+            splits.push(("val", val.class_counts()));
+            writeln!(
+                out,
+                "split: train {} / val {} (seed {})",
+                train.len(),
+                val.len(),
+                h.seed
+            )?;
+        }
+        None => splits.push(("train", cifar.train.class_counts())),
+    }
+    splits.push(("test", cifar.test.class_counts()));
+    write!(out, "{:>5}  {:<20}", "label", "name")?;
+    for (name, _) in &splits {
+        write!(out, " {name:>7}")?;
+    }
+    writeln!(out)?;
     for (i, name) in cifar.label_names.iter().enumerate() {
-        writeln!(out, "{i:>5}  {name:<20} {:>7} {:>7}", train[i], test[i])?;
+        write!(out, "{i:>5}  {name:<20}")?;
+        for (_, counts) in &splits {
+            write!(out, " {:>7}", counts[i])?;
+        }
+        writeln!(out)?;
     }
     let norm = nin_data::Normalize::from_set(&cifar.train);
     writeln!(out, "train mean (R,G,B): {:.4?}", norm.mean)?;

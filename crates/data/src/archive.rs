@@ -175,7 +175,7 @@ pub fn read_archive(archive: &Path, dataset: Dataset) -> Result<Members> {
     let mut members = Members::new();
     walk_archive(archive, dataset, |name, entry| {
         let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0) as usize);
-        entry.read_to_end(&mut buf)?;
+        entry.read_to_end(&mut buf).map_err(Walk::Io)?;
         members.insert(name, buf);
         Ok(())
     })?;
@@ -190,13 +190,17 @@ pub fn extract(archive: &Path, dataset: Dataset, target: &Path) -> Result<PathBu
     fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
     let mut seen = Members::new();
     walk_archive(archive, dataset, |name, entry| {
+        let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0) as usize);
+        entry.read_to_end(&mut buf).map_err(Walk::Io)?;
         let dest = folder.join(name);
         let tmp = folder.join(format!("{name}.part"));
-        let mut f = fs::File::create(&tmp)?;
-        io::copy(entry, &mut f)?;
-        f.flush()?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
+        let write = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()
+        };
+        write().map_err(|e| Walk::Data(Error::io(&tmp, e)))?;
+        fs::rename(&tmp, &dest).map_err(|e| Walk::Data(Error::io(&dest, e)))?;
         seen.insert(name, Vec::new());
         Ok(())
     })?;
@@ -236,10 +240,7 @@ impl<R: Read> Read for GzTap<R> {
 fn walk_archive(
     archive: &Path,
     dataset: Dataset,
-    mut visit: impl FnMut(
-        &'static str,
-        &mut tar::Entry<'_, GzTap<io::BufReader<fs::File>>>,
-    ) -> io::Result<()>,
+    mut visit: impl FnMut(&'static str, &mut TarEntry<'_>) -> std::result::Result<(), Walk>,
 ) -> Result<()> {
     let file = fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
     let gz_error = Rc::new(RefCell::new(None));
@@ -271,13 +272,16 @@ fn walk_archive(
     }
 }
 
+/// Why walking an archive stopped: a read error (tar or gzip layer) or a data error.
 enum Walk {
     Io(io::Error),
     Data(Error),
 }
 
-type Visit<'a> = dyn FnMut(&'static str, &mut tar::Entry<'_, GzTap<io::BufReader<fs::File>>>) -> io::Result<()>
-    + 'a;
+/// A member being read from a `.tar.gz`.
+type TarEntry<'a> = tar::Entry<'a, GzTap<io::BufReader<fs::File>>>;
+
+type Visit<'a> = dyn FnMut(&'static str, &mut TarEntry<'_>) -> std::result::Result<(), Walk> + 'a;
 
 fn walk_entries(
     tar: &mut tar::Archive<GzTap<io::BufReader<fs::File>>>,
@@ -326,7 +330,7 @@ fn walk_entries(
             _ => None,
         };
         if let Some(name) = name {
-            visit(name, &mut entry).map_err(Walk::Io)?;
+            visit(name, &mut entry)?;
         }
     }
     Ok(())

@@ -52,4 +52,4 @@ pub use loader::{
     Preprocess,
 };
 pub use normalize::Normalize;
-pub use zca::{gcn, Zca, ZcaConfig, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN};
+pub use zca::{gcn, Zca, ZcaConfig, ZcaTensors, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN};

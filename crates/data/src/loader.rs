@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{ImageSet, IMAGE_BYTES};
 use crate::normalize::Normalize;
 use crate::rng::{rng_for, TAG_AUGMENT, TAG_SHUFFLE};
-use crate::zca::Zca;
+use crate::zca::{Zca, ZcaTensors};
 use crate::{Error, Result};
 
 /// Random augmentation of training images.
@@ -47,7 +47,8 @@ impl Augment {
 pub enum Preprocess {
     /// `(pixel / 255 − mean[c]) / std[c]`.
     Normalize(Normalize),
-    /// The authors' GCN + ZCA, applied to each batch on its device.
+    /// The authors' GCN + ZCA, applied to each batch on its device. Crop padding and cutout act on
+    /// the raw image (black pixels) before whitening; the authors padded whitened images with zeros.
     GcnZca(Arc<Zca>),
 }
 
@@ -193,6 +194,7 @@ pub struct Loader {
     cfg: LoaderConfig,
     preprocess: Preprocess,
     lut: Arc<[[f32; 256]; 3]>,
+    zca: Option<Arc<ZcaTensors>>,
     device: Device,
 }
 
@@ -219,17 +221,24 @@ impl Loader {
                 got: "0".into(),
             });
         }
-        let lut = match &preprocess {
-            Preprocess::Normalize(n) => n.lut(),
-            Preprocess::GcnZca(_) => Normalize::UNIT.lut(),
+        let (lut, zca) = match &preprocess {
+            Preprocess::Normalize(n) => (n.lut(), None),
+            // The host stage only scales to [0, 1]; GCN + ZCA run on the batch's device.
+            Preprocess::GcnZca(z) => (Normalize::UNIT.lut(), Some(Arc::new(z.to_device(&device)?))),
         };
         Ok(Loader {
             set,
             cfg,
             preprocess,
             lut: Arc::new(lut),
+            zca,
             device,
         })
+    }
+
+    /// How pixels become inputs.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
     }
 
     /// The configuration.
@@ -278,7 +287,7 @@ impl Loader {
     pub fn batch(&self, epoch: u64, index: usize) -> Result<Batch> {
         to_batch(
             self.host_batch(epoch, index)?,
-            &self.preprocess,
+            self.zca.as_deref(),
             &self.device,
         )
     }
@@ -333,7 +342,7 @@ impl Loader {
             rx: Some(rx),
             handle,
             remaining: end - start,
-            preprocess: self.preprocess.clone(),
+            zca: self.zca.clone(),
             device: self.device.clone(),
         }
     }
@@ -377,12 +386,12 @@ fn make_host_batch(
     }
 }
 
-fn to_batch(host: HostBatch, preprocess: &Preprocess, device: &Device) -> Result<Batch> {
+fn to_batch(host: HostBatch, zca: Option<&ZcaTensors>, device: &Device) -> Result<Batch> {
     let n = host.labels.len();
     let images = Tensor::from_vec(host.images, (n, 3, 32, 32), device)?;
-    let images = match preprocess {
-        Preprocess::Normalize(_) => images,
-        Preprocess::GcnZca(zca) => zca.apply(&images)?,
+    let images = match zca {
+        None => images,
+        Some(zca) => zca.apply(&images)?,
     };
     let labels = Tensor::from_vec(host.labels, n, device)?;
     Ok(Batch {
@@ -399,7 +408,7 @@ pub struct Batches {
     rx: Option<Receiver<HostBatch>>,
     handle: Option<JoinHandle<()>>,
     remaining: usize,
-    preprocess: Preprocess,
+    zca: Option<Arc<ZcaTensors>>,
     device: Device,
 }
 
@@ -417,7 +426,7 @@ impl Iterator for Batches {
                 return Some(Err(Error::Prefetch));
             }
         };
-        Some(to_batch(host, &self.preprocess, &self.device))
+        Some(to_batch(host, self.zca.as_deref(), &self.device))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.remaining, Some(self.remaining))

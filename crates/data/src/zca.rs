@@ -52,6 +52,30 @@ pub struct Zca {
     pub matrix: Vec<f32>,
 }
 
+/// A [`Zca`] whose mean `[1, 3072]` and matrix `[3072, 3072]` live on a device.
+#[derive(Clone, Debug)]
+pub struct ZcaTensors {
+    gcn_scale: f32,
+    mean: Tensor,
+    matrix: Tensor,
+}
+
+impl ZcaTensors {
+    /// Whitens a batch `[N, 3, 32, 32]` (pixels at any scale) on the tensors' device.
+    pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = xs.dims4()?;
+        let x = xs.to_dtype(DType::F32)?.reshape((n, c * h * w))?;
+        let x = x.broadcast_sub(&x.mean_keepdim(1)?)?;
+        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
+        // Images with zero contrast keep a divisor of 1, as in pylearn2.
+        let small = norm.lt(1e-8)?;
+        let norm = small.where_cond(&Tensor::ones_like(&norm)?, &norm)?;
+        let x = (x.broadcast_div(&norm)? * f64::from(self.gcn_scale))?;
+        let x = x.broadcast_sub(&self.mean)?.matmul(&self.matrix)?;
+        Ok(x.reshape((n, c, h, w))?)
+    }
+}
+
 /// Global contrast normalisation of one CHW image (any scale of input) into `out`.
 pub fn gcn(image: &[u8], scale: f32, out: &mut [f32]) {
     let n = image.len() as f32;
@@ -140,20 +164,19 @@ impl Zca {
     }
 
     /// Whitens a batch `[N, 3, 32, 32]` (pixels at any scale, e.g. `pixel / 255`) on its device.
+    /// Copies the matrix to the device on each call: keep a [`ZcaTensors`] to whiten many batches.
     pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = xs.dims4()?;
-        let d = c * h * w;
-        let dev = xs.device();
-        let x = xs.to_dtype(DType::F32)?.reshape((n, d))?;
-        let x = x.broadcast_sub(&x.mean_keepdim(1)?)?;
-        let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
-        // Images with zero contrast keep a divisor of 1, as in pylearn2.
-        let small = norm.lt(1e-8)?;
-        let norm = small.where_cond(&Tensor::ones_like(&norm)?, &norm)?;
-        let x = (x.broadcast_div(&norm)? * f64::from(self.gcn_scale))?;
+        self.to_device(xs.device())?.apply(xs)
+    }
+
+    /// The transform as tensors on `dev`, ready to whiten many batches.
+    pub fn to_device(&self, dev: &Device) -> Result<ZcaTensors> {
         let (mean, matrix) = self.tensors_on(dev)?;
-        let x = x.broadcast_sub(&mean.unsqueeze(0)?)?.matmul(&matrix)?;
-        Ok(x.reshape((n, c, h, w))?)
+        Ok(ZcaTensors {
+            gcn_scale: self.gcn_scale,
+            mean: mean.unsqueeze(0)?,
+            matrix,
+        })
     }
 
     /// Whitens CHW `u8` images on the CPU, `3072` values per image.

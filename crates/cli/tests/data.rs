@@ -144,3 +144,31 @@ fn offline_download_says_where_to_put_the_file() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn info_finds_the_archive_in_the_cache_folder() -> TestResult {
+    let Some(archive) = shared_data()
+        .map(|d| d.join("cifar-100-binary-mini.tar.gz"))
+        .filter(|p| p.is_file())
+    else {
+        eprintln!("skipping: ../shared/data/cifar-100-binary-mini.tar.gz is absent");
+        return Ok(());
+    };
+    let cache = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&archive, cache.path().join("cifar-100-binary.tar.gz"))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(["data", "info", "--dataset", "cifar100"])
+        .env("NIN_DATA_DIR", cache.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("train: 2000 images") && stdout.contains("classes: 100"),
+        "{stdout}"
+    );
+    Ok(())
+}

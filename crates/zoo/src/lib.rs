@@ -1,0 +1,26 @@
+/*!
+The zoo: every model of every family by name, and loading a trained model directory.
+
+A model is named by its preset (`nin`, `nin_bn`, …, see [`MODELS`]); its full architecture is the
+family's serde `Config`, carried as JSON (`model_args`) so run folders, `config.json` and the CLI
+need not know the families' types.
+
+```
+use candle_core::Device;
+let created = nin_zoo::create_model("nin", 10, None, 0, &Device::Cpu)?;
+assert_eq!(created.info.param_count, 966_986);
+# Ok::<(), Box<dyn std::error::Error>>(())
+```
+*/
+#![deny(missing_docs)]
+
+mod error;
+mod model_dir;
+mod registry;
+
+pub use error::{Error, Result};
+pub use model_dir::{load_model_dir, LoadedModel};
+pub use registry::{
+    create_model, find, resolve_args, CreatedModel, Family, FamilyOf, ModelEntry, ModelInfo,
+    ZooModel, MODELS,
+};

@@ -1,0 +1,252 @@
+//! The static table of presets, and the glue that builds any family from JSON arguments.
+
+use std::marker::PhantomData;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use nin_layers::ClassMapModel;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// What the zoo needs of a model family (implemented here, so family crates stay free of the
+/// registry).
+pub trait ZooModel: ClassMapModel + Sized + 'static {
+    /// The family's serde configuration.
+    type Config: Serialize + DeserializeOwned;
+    /// Builds the model under `vb`.
+    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self>;
+    /// Trainable parameters.
+    fn param_count(cfg: &Self::Config) -> usize;
+    /// Multiply-accumulates per 32×32 image.
+    fn config_macs(cfg: &Self::Config) -> u64;
+}
+
+impl ZooModel for nin_model_nin::Nin {
+    type Config = nin_model_nin::Config;
+    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::new(cfg, vb)?)
+    }
+    fn param_count(cfg: &Self::Config) -> usize {
+        cfg.param_count()
+    }
+    fn config_macs(cfg: &Self::Config) -> u64 {
+        cfg.macs_per_image()
+    }
+}
+
+/// Object-safe face of a family, for the static table.
+pub trait Family: Sync {
+    /// Builds a model from its full JSON configuration.
+    fn build(&self, model: &str, args: &Value, vb: VarBuilder) -> Result<Box<dyn ClassMapModel>>;
+    /// Parameter and MAC counts of a configuration.
+    fn info(&self, model: &str, args: &Value) -> Result<ModelInfo>;
+}
+
+/// The [`Family`] of model type `M`.
+pub struct FamilyOf<M>(PhantomData<fn() -> M>);
+
+impl<M> FamilyOf<M> {
+    /// The family of `M`.
+    pub const fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+fn parse<M: ZooModel>(model: &str, args: &Value) -> Result<M::Config> {
+    serde_json::from_value(args.clone()).map_err(|e| Error::BadArgs {
+        model: model.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl<M: ZooModel> Family for FamilyOf<M> {
+    fn build(&self, model: &str, args: &Value, vb: VarBuilder) -> Result<Box<dyn ClassMapModel>> {
+        Ok(Box::new(M::build(&parse::<M>(model, args)?, vb)?))
+    }
+
+    fn info(&self, model: &str, args: &Value) -> Result<ModelInfo> {
+        let cfg = parse::<M>(model, args)?;
+        Ok(ModelInfo {
+            param_count: M::param_count(&cfg),
+            macs_per_image: M::config_macs(&cfg),
+        })
+    }
+}
+
+/// Size and cost of a configured model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    /// Trainable parameters.
+    pub param_count: usize,
+    /// Multiply-accumulates per 32×32 image.
+    pub macs_per_image: u64,
+}
+
+/// One preset of the zoo.
+pub struct ModelEntry {
+    /// Preset name (`nin`).
+    pub name: &'static str,
+    /// Family crate (`nin`, `cic`, `drnin`, `dcnin`).
+    pub family_name: &'static str,
+    /// One line for `nin list`.
+    pub summary: &'static str,
+    /// The preset's configuration for `num_classes` classes, as JSON.
+    pub default_args: fn(usize) -> Value,
+    /// How to build it.
+    pub family: &'static dyn Family,
+}
+
+fn json<T: Serialize>(value: T) -> Value {
+    // Serialising a plain config struct to a JSON value cannot fail.
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+static NIN: FamilyOf<nin_model_nin::Nin> = FamilyOf::new();
+
+/// Every preset, in the order `nin list` shows them.
+pub static MODELS: &[ModelEntry] = &[
+    ModelEntry {
+        name: "nin",
+        family_name: "nin",
+        summary: "Network in Network, the authors' CIFAR model (Lin et al. 2013), exact",
+        default_args: |c| json(nin_model_nin::Config::nin(c)),
+        family: &NIN,
+    },
+    ModelEntry {
+        name: "nin_bn",
+        family_name: "nin",
+        summary: "NIN with batch norm after every convolution",
+        default_args: |c| json(nin_model_nin::Config::nin_bn(c)),
+        family: &NIN,
+    },
+];
+
+/// The preset called `name`, or an error listing the known ones.
+pub fn find(name: &str) -> Result<&'static ModelEntry> {
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::UnknownModel {
+            name: name.to_string(),
+            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// The full configuration of preset `name`: its defaults for `num_classes`, with the fields of
+/// `overrides` (a JSON object) replacing them.
+pub fn resolve_args(name: &str, num_classes: usize, overrides: Option<&Value>) -> Result<Value> {
+    let entry = find(name)?;
+    let mut args = (entry.default_args)(num_classes);
+    if let Some(overrides) = overrides {
+        let Value::Object(fields) = overrides else {
+            return Err(Error::BadArgs {
+                model: name.to_string(),
+                reason: format!("expected a JSON object, got {overrides}"),
+            });
+        };
+        if let Value::Object(base) = &mut args {
+            for (k, v) in fields {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if args.get("num_classes").and_then(Value::as_u64) != Some(num_classes as u64) {
+        return Err(Error::BadArgs {
+            model: name.to_string(),
+            reason: format!(
+                "num_classes in model_args ({}) differs from the requested {num_classes}",
+                args.get("num_classes").unwrap_or(&Value::Null)
+            ),
+        });
+    }
+    entry.family.info(name, &args)?;
+    Ok(args)
+}
+
+/// A freshly initialised model and the variables behind it.
+pub struct CreatedModel {
+    /// The model.
+    pub model: Box<dyn ClassMapModel>,
+    /// Its variables (trainable ones and batch-norm statistics), by PyTorch name.
+    pub varmap: VarMap,
+    /// Its full configuration.
+    pub args: Value,
+    /// Size and cost.
+    pub info: ModelInfo,
+    /// The preset.
+    pub entry: &'static ModelEntry,
+}
+
+/// Builds preset `name` for `num_classes` classes, initialised from `seed`, on `device`.
+pub fn create_model(
+    name: &str,
+    num_classes: usize,
+    overrides: Option<&Value>,
+    seed: u64,
+    device: &Device,
+) -> Result<CreatedModel> {
+    let entry = find(name)?;
+    let args = resolve_args(name, num_classes, overrides)?;
+    let varmap = VarMap::new();
+    let vb = nin_layers::seeded_var_builder(&varmap, seed, DType::F32, device);
+    let model = entry.family.build(name, &args, vb)?;
+    let info = entry.family.info(name, &args)?;
+    Ok(CreatedModel {
+        model,
+        varmap,
+        args,
+        info,
+        entry,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_list_the_known_ones() {
+        let err = find("nni").err().unwrap().to_string();
+        assert!(
+            err.contains("unknown model `nni`") && err.contains("nin, nin_bn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_preset_builds_and_reports_its_size() {
+        for entry in MODELS {
+            let created = create_model(entry.name, 100, None, 0, &Device::Cpu).unwrap();
+            assert_eq!(created.model.num_classes(), 100);
+            let trainable: usize = created
+                .varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| !k.contains("running_"))
+                .map(|(_, v)| v.elem_count())
+                .sum();
+            assert_eq!(trainable, created.info.param_count, "{}", entry.name);
+        }
+    }
+
+    #[test]
+    fn overrides_replace_fields_and_bad_ones_are_named() {
+        let args = resolve_args("nin", 10, Some(&serde_json::json!({"pool2": "max"}))).unwrap();
+        assert_eq!(args["pool2"], "max");
+        let err = resolve_args("nin", 10, Some(&serde_json::json!({"pool_2": "max"})))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("pool_2"), "{err}");
+        let err = resolve_args("nin", 10, Some(&serde_json::json!({"num_classes": 7})))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("num_classes"), "{err}");
+    }
+}

@@ -55,6 +55,12 @@ impl<M> FamilyOf<M> {
     }
 }
 
+impl<M> Default for FamilyOf<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn parse<M: ZooModel>(model: &str, args: &Value) -> Result<M::Config> {
     serde_json::from_value(args.clone()).map_err(|e| Error::BadArgs {
         model: model.to_string(),

@@ -1,5 +1,6 @@
 //! NIN against a faithful PyTorch NIN: logits, class maps, one step's gradients and, with batch
 //! norm in training mode, the updated running statistics (fixtures: `testdata/gen_nin_golden.py`).
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

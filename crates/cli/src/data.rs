@@ -59,7 +59,7 @@ enum Action {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum DatasetArg {
+pub(crate) enum DatasetArg {
     Cifar10,
     Cifar100,
 }

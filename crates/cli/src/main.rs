@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod data;
+mod eval;
+mod list;
+mod predict;
+mod train;
 
 /// Network-in-Network CIFAR model zoo.
 #[derive(Debug, Parser)]
@@ -15,9 +20,17 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands; `train`, `eval`, `predict`, `list` and `bench` join them later.
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a zoo model on CIFAR-10/100 (resumable; writes a run folder).
+    Train(train::TrainArgs),
+    /// Accuracy of a trained model directory on a CIFAR split.
+    Eval(eval::EvalArgs),
+    /// Classify PNG/JPEG images with a trained model directory.
+    Predict(predict::PredictArgs),
+    /// The zoo's models with parameter counts and cost.
+    List(list::ListArgs),
     /// Download, verify and describe the CIFAR datasets.
     Data(data::DataArgs),
 }
@@ -25,6 +38,10 @@ enum Command {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::List(args) => list::run(args),
     }
 }
 

@@ -1,0 +1,174 @@
+//! `nin eval`: accuracy of a trained model directory on a CIFAR split: top-1, top-5, per class,
+//! and the confusion matrix.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split};
+
+use crate::common::{dataset_for_classes, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::data::DatasetArg;
+
+/// Arguments of `nin eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model directory (config.json + model.safetensors), e.g. a run folder or its best/.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Dataset (default: CIFAR-10 for 10-class models, CIFAR-100 for 100-class ones).
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+    /// CIFAR archive or folder (default: the cache, downloading on first use).
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Which split: the test set, or the validation images held out of train.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    split: SplitArg,
+    /// Size of the validation hold-out (as passed to `nin train --val`).
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    val: usize,
+    /// Seed of the validation hold-out (the run's seed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate the first N images only.
+    #[arg(long, value_name = "N")]
+    limit_eval: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SplitArg {
+    Test,
+    Val,
+}
+
+/// Runs `nin eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    set_threads(args.threads)?;
+    let device = parse_device(&args.device)?;
+    let loaded = nin_zoo::load_model_dir(&args.model, &device)
+        .with_context(|| format!("--model {}", args.model.display()))?;
+    let cfg = &loaded.config;
+    let dataset = match args.dataset {
+        Some(d) => Dataset::from(d),
+        None => dataset_for_classes(cfg.num_classes)?,
+    };
+    let cifar = load_dataset(dataset, args.data.as_deref(), LabelKind::Fine)?;
+    if cifar.train.n_classes != cfg.num_classes {
+        anyhow::bail!(
+            "--model {} has {} classes but {dataset} has {}",
+            args.model.display(),
+            cfg.num_classes,
+            cifar.train.n_classes
+        );
+    }
+    let (split, holdout) = match args.split {
+        SplitArg::Test => (Split::Test, None),
+        SplitArg::Val => (
+            Split::Val,
+            Some(Holdout {
+                size: args.val,
+                seed: args.seed,
+            }),
+        ),
+    };
+    let mut set = cifar.split(split, holdout)?;
+    if let Some(n) = args.limit_eval {
+        set = set.limit(n);
+    }
+    let n_images = set.len();
+    let normalize = normalize_of(&loaded.config.pretrained_cfg)?;
+    let mut source = LoaderSource(Loader::new(
+        set,
+        LoaderConfig::eval(args.batch_size),
+        Preprocess::Normalize(normalize),
+        device.clone(),
+    )?);
+    let report = nin_train::evaluate(loaded.model.as_ref(), &mut source, &device)?;
+    let names = if cfg.label_names.len() == cfg.num_classes {
+        cfg.label_names.clone()
+    } else {
+        cifar.label_names.clone()
+    };
+    let confusion = report.confusion.counts();
+    if args.json {
+        let per_class: Vec<_> = names
+            .iter()
+            .zip(&report.per_class)
+            .map(|(n, a)| serde_json::json!({"label": n, "top1": a}))
+            .collect();
+        let json = serde_json::json!({
+            "model": args.model, "dataset": dataset.to_string(), "split": format!("{split:?}").to_lowercase(),
+            "images": n_images, "loss": report.loss, "top1": report.top1, "top5": report.top5,
+            "per_class": per_class, "confusion": confusion, "labels": names,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {dataset} {} ({n_images} images): loss {:.4}  top-1 {:.2} %  top-5 {:.2} %",
+        cfg.model,
+        format!("{split:?}").to_lowercase(),
+        report.loss,
+        report.top1,
+        report.top5
+    );
+    println!("\nper-class top-1:");
+    for (name, acc) in names.iter().zip(&report.per_class) {
+        println!("  {name:<16} {acc:6.2} %");
+    }
+    if cfg.num_classes <= 20 {
+        println!("\nconfusion matrix (rows: true class, columns: predicted):");
+        let width = 6;
+        print!("{:>16}", "");
+        for i in 0..cfg.num_classes {
+            print!("{i:>width$}");
+        }
+        println!();
+        for (i, row) in confusion.iter().enumerate() {
+            print!(
+                "{:>12} {i:>3}",
+                names.get(i).map(String::as_str).unwrap_or("")
+            );
+            for count in row {
+                print!("{count:>width$}");
+            }
+            println!();
+        }
+    } else {
+        println!(
+            "\n(confusion matrix of {} classes: use --json)",
+            cfg.num_classes
+        );
+    }
+    Ok(())
+}
+
+/// The normalisation a model directory's `pretrained_cfg` asks for.
+pub fn normalize_of(cfg: &nin_train::PretrainedCfg) -> anyhow::Result<Normalize> {
+    let three = |v: &[f64], field: &str| -> anyhow::Result<[f32; 3]> {
+        match v {
+            [a, b, c] => Ok([*a as f32, *b as f32, *c as f32]),
+            _ => anyhow::bail!(
+                "config.json: pretrained_cfg.{field} must have 3 entries, got {}",
+                v.len()
+            ),
+        }
+    };
+    Ok(Normalize::new(
+        three(&cfg.mean, "mean")?,
+        three(&cfg.std, "std")?,
+    )?)
+}

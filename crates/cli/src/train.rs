@@ -1,0 +1,443 @@
+//! `nin train`: train a zoo model on CIFAR-10/100 with a named recipe, drawing a progress bar,
+//! writing a run folder, and resuming an interrupted run exactly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split};
+use nin_train::{
+    Control, EpochRecord, EvalReport, Finish, ModelSpec, PretrainedCfg, Progress, Recipe,
+    RunConfig, StartReport, StepReport,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{fresh_run_dir, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::data::DatasetArg;
+
+/// Arguments of `nin train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Model preset (see `nin list`).
+    #[arg(long, default_value = "nin")]
+    model: String,
+    /// JSON object overriding fields of the preset's config, e.g. '{"pool2": "max"}'.
+    #[arg(long, value_name = "JSON")]
+    model_args: Option<String>,
+    /// Dataset to train on.
+    #[arg(long, value_enum, default_value_t = DatasetArg::Cifar10)]
+    dataset: DatasetArg,
+    /// Training recipe: cpu_quick (about an hour on 2 cores), paper, modern, or a JSON file.
+    #[arg(long, default_value = "cpu_quick")]
+    recipe: String,
+    /// Override the recipe's number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Override the recipe's batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Override the recipe's base learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of every random choice: init, dropout, shuffling, augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: one per core). Bit-identical reruns need the same count.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// CIFAR archive or folder (default: the cache, downloading on first use).
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Run folder (default: runs/<model>_<dataset>_s<seed>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the interrupted run in --out from its last checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Train on the first N images of the training split only.
+    #[arg(long, value_name = "N")]
+    limit_train: Option<usize>,
+    /// Evaluate on the first N images of the evaluation split only.
+    #[arg(long, value_name = "N")]
+    limit_eval: Option<usize>,
+    /// Hold N training images out as the validation split (evaluated each epoch, and used to
+    /// pick the best checkpoint) instead of the test split.
+    #[arg(long, value_name = "N")]
+    val: Option<usize>,
+    /// Also checkpoint every N steps, so a killed run loses at most N steps.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    checkpoint_every: usize,
+    /// No progress bar (one line per epoch only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// How the run's data was prepared, recorded in `run.json` so `--resume` rebuilds it exactly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSpec {
+    dataset: Dataset,
+    data: Option<PathBuf>,
+    limit_train: Option<usize>,
+    limit_eval: Option<usize>,
+    val: Option<usize>,
+    eval_split: Split,
+    normalize: Normalize,
+    augment: Option<nin_data::Augment>,
+}
+
+/// Runs `nin train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let threads = set_threads(args.threads)?;
+    let (mut run, out) = if args.resume {
+        let out = args.out.clone().context("--resume needs --out DIR")?;
+        let run = RunConfig::load(&out)
+            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?;
+        if run.threads != threads {
+            eprintln!(
+                "note: the run was trained with {} threads, now {threads}: results stay correct but may differ in the last bits (pass --threads {})",
+                run.threads, run.threads
+            );
+        }
+        (run, out)
+    } else {
+        new_run(&args, threads)?
+    };
+    let spec: DataSpec = serde_json::from_value(run.data.clone())
+        .context("run.json: the `data` entry is not one nin train wrote")?;
+    let device = parse_device(&run.device)?;
+
+    let cifar = load_dataset(spec.dataset, spec.data.as_deref(), LabelKind::Fine)?;
+    if !args.resume {
+        run.label_names = cifar.label_names.clone();
+    }
+    let holdout = spec.val.map(|size| Holdout {
+        size,
+        seed: run.seed,
+    });
+    let mut train_set = cifar.split(Split::Train, holdout)?;
+    let mut eval_set = cifar.split(spec.eval_split, holdout)?;
+    if let Some(n) = spec.limit_train {
+        train_set = train_set.limit(n);
+    }
+    if let Some(n) = spec.limit_eval {
+        eval_set = eval_set.limit(n);
+    }
+    let preprocess = Preprocess::Normalize(spec.normalize);
+    let train_cfg = LoaderConfig {
+        augment: spec.augment,
+        ..LoaderConfig::train(run.recipe.batch_size, run.seed)
+    };
+    let n_train = train_set.len();
+    let n_eval = eval_set.len();
+    let mut train_src = LoaderSource(Loader::new(
+        train_set,
+        train_cfg,
+        preprocess.clone(),
+        device.clone(),
+    )?);
+    let mut eval_src = LoaderSource(Loader::new(
+        eval_set,
+        LoaderConfig::eval(run.recipe.batch_size.max(128)),
+        preprocess,
+        device.clone(),
+    )?);
+    if nin_train::BatchSource::batches_per_epoch(&train_src) == 0 {
+        bail!(
+            "{n_train} training images make no full batch of {}: lower --batch-size or raise --limit-train",
+            run.recipe.batch_size
+        );
+    }
+
+    let created = nin_zoo::create_model(
+        &run.model.name,
+        run.model.num_classes,
+        Some(&run.model.model_args),
+        run.seed,
+        &device,
+    )?;
+    eprintln!(
+        "{} {} on {} ({} train / {} {} images), recipe {}, {} epochs, batch {}, {} threads, {} → {}",
+        if args.resume { "resuming" } else { "training" },
+        run.model.name,
+        spec.dataset,
+        n_train,
+        n_eval,
+        match spec.eval_split {
+            Split::Val => "val",
+            _ => "test",
+        },
+        run.recipe.name,
+        run.recipe.epochs,
+        run.recipe.batch_size,
+        threads,
+        run.device,
+        out.display()
+    );
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second Ctrl-C while saving is ignored; the checkpoint write is atomic either way.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let mut progress = BarProgress::new(run.recipe.batch_size, args.quiet, interrupted);
+    let outcome = if args.resume {
+        nin_train::resume(
+            created.model.as_ref(),
+            &created.varmap,
+            &mut train_src,
+            Some(&mut eval_src),
+            &out,
+            &mut progress,
+        )
+    } else {
+        nin_train::train(
+            created.model.as_ref(),
+            &created.varmap,
+            &run,
+            &mut train_src,
+            Some(&mut eval_src),
+            &out,
+            &mut progress,
+        )
+    }
+    .with_context(|| format!("training in {}", out.display()))?;
+    progress.clear();
+    match outcome.finish {
+        Finish::Completed => {
+            let best = outcome
+                .state
+                .best_eval_top1
+                .map(|b| {
+                    format!(
+                        ", best eval top-1 {b:.2} % (epoch {})",
+                        outcome.state.best_epoch.unwrap_or(0)
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!("done: {}{best}", out.display());
+        }
+        Finish::Stopped => eprintln!(
+            "stopped at epoch {} step {}; continue with: nin train --resume --out {}",
+            outcome.state.epoch + 1,
+            outcome.state.step_in_epoch,
+            out.display()
+        ),
+    }
+    Ok(())
+}
+
+fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathBuf)> {
+    let mut recipe = if args.recipe.ends_with(".json") {
+        Recipe::from_file(std::path::Path::new(&args.recipe))?
+    } else {
+        Recipe::by_name(&args.recipe)?
+    };
+    if let Some(e) = args.epochs {
+        recipe.epochs = e;
+    }
+    if let Some(b) = args.batch_size {
+        recipe.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        recipe.lr = lr;
+    }
+    recipe.validate()?;
+    let dataset = Dataset::from(args.dataset);
+    let num_classes = dataset.n_classes(LabelKind::Fine);
+    let overrides = args
+        .model_args
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .transpose()
+        .context("--model-args: not valid JSON")?;
+    let model_args = nin_zoo::resolve_args(&args.model, num_classes, overrides.as_ref())?;
+    let normalize = Normalize::published(dataset);
+    let augment =
+        (recipe.augment.flip || recipe.augment.crop_padding > 0).then_some(nin_data::Augment {
+            pad: recipe.augment.crop_padding,
+            flip: recipe.augment.flip,
+            cutout: None,
+        });
+    let spec = DataSpec {
+        dataset,
+        data: args.data.clone(),
+        limit_train: args.limit_train,
+        limit_eval: args.limit_eval,
+        val: args.val,
+        eval_split: if args.val.is_some() {
+            Split::Val
+        } else {
+            Split::Test
+        },
+        normalize,
+        augment,
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| fresh_run_dir(&args.model, dataset, args.seed));
+    parse_device(&args.device)?;
+    let mut versions = BTreeMap::new();
+    versions.insert("nin-cli".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    versions.insert("candle-core".to_string(), "0.11.1".to_string());
+    let run = RunConfig {
+        recipe,
+        model: ModelSpec {
+            name: args.model.clone(),
+            num_classes,
+            model_args,
+        },
+        pretrained_cfg: PretrainedCfg {
+            input_size: [3, 32, 32],
+            mean: normalize.mean.iter().map(|&m| m as f64).collect(),
+            std: normalize.std.iter().map(|&s| s as f64).collect(),
+            extra: Default::default(),
+        },
+        label_names: Vec::new(),
+        data: serde_json::to_value(&spec)?,
+        seed: args.seed,
+        threads,
+        device: args.device.clone(),
+        checkpoint_every_steps: (args.checkpoint_every > 0).then_some(args.checkpoint_every),
+        versions,
+    };
+    Ok((run, out))
+}
+
+/// Progress bar per epoch (images/s and ETA) and one summary line per epoch.
+struct BarProgress {
+    batch_size: usize,
+    quiet: bool,
+    interrupted: Arc<AtomicBool>,
+    epochs: usize,
+    bar: Option<ProgressBar>,
+    current_epoch: Option<usize>,
+    epoch_start: Instant,
+    first_step: usize,
+    last_step: usize,
+    loss_ema: Option<f32>,
+}
+
+impl BarProgress {
+    fn new(batch_size: usize, quiet: bool, interrupted: Arc<AtomicBool>) -> Self {
+        Self {
+            batch_size,
+            quiet,
+            interrupted,
+            epochs: 0,
+            bar: None,
+            current_epoch: None,
+            epoch_start: Instant::now(),
+            first_step: 0,
+            last_step: 0,
+            loss_ema: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn start_epoch(&mut self, epoch: usize, steps: usize, done: usize) {
+        self.clear();
+        self.current_epoch = Some(epoch);
+        self.epoch_start = Instant::now();
+        self.first_step = done;
+        self.last_step = done;
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(steps as u64);
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
+        bar.set_position(done as u64);
+        self.bar = Some(bar);
+    }
+}
+
+impl Progress for BarProgress {
+    fn on_start(&mut self, report: &StartReport) {
+        self.epochs = report.epochs;
+        self.start_epoch(
+            report.start_epoch,
+            report.steps_per_epoch,
+            report.start_step,
+        );
+    }
+
+    fn on_step(&mut self, report: &StepReport) -> Control {
+        if self.current_epoch != Some(report.epoch) {
+            self.start_epoch(
+                report.epoch,
+                report.steps_per_epoch,
+                report.step_in_epoch - 1,
+            );
+        }
+        self.last_step = report.step_in_epoch;
+        let ema = match self.loss_ema {
+            Some(prev) => 0.95 * prev + 0.05 * report.loss,
+            None => report.loss,
+        };
+        self.loss_ema = Some(ema);
+        if let Some(bar) = &self.bar {
+            let steps = report.step_in_epoch.saturating_sub(self.first_step);
+            let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(report.step_in_epoch as u64);
+            bar.set_message(format!(
+                "loss {ema:.3} lr {:.4} {:.1} img/s",
+                report.lr,
+                (steps * self.batch_size) as f64 / secs
+            ));
+        }
+        if self.interrupted.load(Ordering::SeqCst) {
+            self.clear();
+            eprintln!("interrupted: saving a checkpoint");
+            return Control::SaveAndStop;
+        }
+        Control::Continue
+    }
+
+    fn on_epoch_end(&mut self, record: &EpochRecord, _eval: Option<&EvalReport>) -> Control {
+        let images = self.last_step.saturating_sub(self.first_step) * self.batch_size;
+        let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
+        self.clear();
+        let eval = match (record.eval_loss, record.eval_top1, record.eval_top5) {
+            (Some(l), Some(t1), Some(t5)) => {
+                format!("  eval_loss {l:.4}  eval_top1 {t1:.2} %  eval_top5 {t5:.2} %")
+            }
+            _ => String::new(),
+        };
+        let speed = if images > 0 {
+            format!("  {:.1} img/s", images as f64 / secs)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "epoch {}/{}  train_loss {:.4}  train_top1 {:.2} %{eval}  lr {:.5}  {:.0} s{speed}",
+            record.epoch,
+            self.epochs,
+            record.train_loss,
+            record.train_top1,
+            record.lr,
+            record.seconds
+        );
+        Control::Continue
+    }
+}

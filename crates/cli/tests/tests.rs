@@ -1,3 +1,6 @@
 //! Integration tests of the `nin` binary, built as one test binary with a module per subcommand.
 
+#![allow(clippy::unwrap_used)]
+
 mod data;
+mod train;

@@ -1,0 +1,251 @@
+//! `nin train`, `eval`, `predict` and `list` run as a user would, on a slice of the real archive:
+//! a run killed with SIGKILL mid-epoch and resumed ends with exactly the weights of an
+//! uninterrupted run, and its model directory serves `eval` and `predict`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn nin(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(args)
+        .env_remove("NIN_DATA_DIR")
+        .output()
+}
+
+fn cifar10_archive() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
+    let archive = root.join("shared/data/cifar-10-binary.tar.gz");
+    archive.is_file().then_some(archive)
+}
+
+const SMALL_NIN: &str = r#"{"mlpconv1":[32,32,32],"mlpconv2":[32,32,32],"mlpconv3":[32,32]}"#;
+
+fn train_args<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        archive,
+        "--out",
+        out,
+        "--model-args",
+        SMALL_NIN,
+        "--limit-train",
+        "192",
+        "--limit-eval",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+}
+
+fn weights(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        .expect("model.safetensors loads")
+}
+
+fn global_step(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("global_step")?.as_u64()
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult {
+    let Some(archive) = cifar10_archive() else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return Ok(());
+    };
+    let archive = archive.display().to_string();
+    let tmp = tempfile::tempdir()?;
+    let straight = tmp.path().join("straight");
+    let killed = tmp.path().join("killed");
+
+    let out = nin(&train_args(&archive, &straight.display().to_string()))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 12 steps per epoch, 24 in all: kill once a mid-epoch checkpoint (step 6 or 9) exists.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(train_args(&archive, &killed.display().to_string()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(step) = global_step(&killed) {
+            if (6..12).contains(&step) {
+                break;
+            }
+        }
+        assert!(
+            child.try_wait()?.is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no mid-epoch checkpoint within 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?; // SIGKILL on Unix: no handler runs.
+    child.wait()?;
+    let at_kill = global_step(&killed).unwrap_or(0);
+    assert!(at_kill < 24, "the run had already finished");
+
+    let killed_str = killed.display().to_string();
+    let out = nin(&[
+        "train",
+        "--resume",
+        "--out",
+        &killed_str,
+        "--threads",
+        "1",
+        "--quiet",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+
+    let a = weights(&straight);
+    let b = weights(&killed);
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let diff = (ta - &b[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(
+            diff, 0.0,
+            "tensor {name} differs after resume (killed at step {at_kill})"
+        );
+    }
+    let metrics = std::fs::read_to_string(killed.join("metrics.csv"))?;
+    assert_eq!(metrics.lines().count(), 3, "header + 2 epochs:\n{metrics}");
+    assert!(
+        metrics.starts_with("epoch,train_loss,train_top1,eval_loss,eval_top1,eval_top5,lr,seconds")
+    );
+
+    // The run folder is a model directory: eval and predict read it.
+    let out = nin(&[
+        "eval",
+        "--model",
+        &killed_str,
+        "--data",
+        &archive,
+        "--limit-eval",
+        "64",
+        "--json",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["images"], 64);
+    assert_eq!(report["confusion"].as_array().map(Vec::len), Some(10));
+
+    let image = tmp.path().join("red.png");
+    image::RgbImage::from_pixel(50, 40, image::Rgb([200, 30, 30])).save(&image)?;
+    let image_str = image.display().to_string();
+    let out = nin(&[
+        "predict",
+        "--model",
+        &killed_str,
+        &image_str,
+        "--top-k",
+        "2",
+        "--json",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preds: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let probs: Vec<f64> = serde_json::from_value(preds[0]["probabilities"].clone())?;
+    assert_eq!(probs.len(), 10);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+    assert_eq!(preds[0]["top_k"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[test]
+fn wrong_inputs_fail_with_messages_that_name_them() -> TestResult {
+    let out = nin(&["train", "--model", "nni", "--data", "/nonexistent"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown model `nni`") && err.contains("nin_bn"),
+        "{err}"
+    );
+
+    let out = nin(&[
+        "train",
+        "--model-args",
+        "{not json",
+        "--data",
+        "/nonexistent",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model-args"));
+
+    let out = nin(&["eval", "--model", "/nonexistent/run"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/run"));
+
+    let tmp = tempfile::tempdir()?;
+    let not_image = tmp.path().join("notes.png");
+    std::fs::write(&not_image, b"not a png")?;
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir)?;
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model":"nin","num_classes":10,"model_args":null,
+            "pretrained_cfg":{"input_size":[3,32,32],"mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]},
+            "label_names":[]}"#,
+    )?;
+    // No weights yet: the error names the missing file.
+    let out = nin(&[
+        "predict",
+        "--model",
+        &dir.display().to_string(),
+        &not_image.display().to_string(),
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model.safetensors"));
+    Ok(())
+}
+
+#[test]
+fn list_shows_every_preset_with_its_size() -> TestResult {
+    let out = nin(&["list", "--json"])?;
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let nin_row = rows
+        .iter()
+        .find(|r| r["name"] == "nin")
+        .expect("nin is listed");
+    assert_eq!(nin_row["params_cifar10"], 966_986);
+    assert_eq!(nin_row["params_cifar100"], 984_356);
+    assert_eq!(nin_row["macs_per_image_cifar10"], 222_486_528u64);
+    Ok(())
+}

@@ -3,16 +3,22 @@ Shared layers for the NIN family, and the ops candle lacks to train them.
 
 - [`MlpConv`]: a k×k convolution followed by 1×1 convolutions (a small MLP slid over the image),
   each with optional batch norm and an activation.
+- [`conv2d`]: convolution as a custom op whose CPU forward and backward are GEMMs (candle's own
+  backward is several times slower), with bias and ReLU fused; [`Conv2d`] uses it.
 - [`global_avg_pool`]: one logit per class map.
 - [`pool2d`]: max and average pooling with padding and ceil mode, as custom ops whose CPU
   forward and backward are parallel and follow PyTorch's semantics (candle's own pooling cannot
   backpropagate NIN's overlapping 3×3 stride-2 windows).
+- [`ConvBn`] and [`BnActConv`]: convolution with batch norm after it (residual blocks) or
+  batch norm and activation before it (dense blocks), over a [`ConvLayer`] whose bias is optional.
 - [`Dropout`] and [`seeded_var_builder`]: dropout masks and initial weights from a seeded
   generator, because candle's CPU generator cannot be seeded.
 - [`ClassMapModel`]: the contract every model of the zoo keeps.
 */
 #![deny(missing_docs)]
 
+mod conv;
+mod conv_bn;
 mod dropout;
 mod error;
 mod gap;
@@ -22,6 +28,8 @@ mod model;
 mod pool;
 mod rng;
 
+pub use conv::{conv2d, ConvOptions};
+pub use conv_bn::{batch_norm_2d, BnActConv, ConvBn, ConvLayer, ConvSpec};
 pub use dropout::Dropout;
 pub use error::{Error, Result};
 pub use gap::{global_avg_pool, global_avg_pool_with_maps, GapOutput};

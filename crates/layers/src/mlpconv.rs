@@ -4,6 +4,7 @@
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
+use crate::conv::{conv2d, ConvOptions};
 use crate::error::{Error, Result};
 use crate::init::WeightInit;
 
@@ -186,12 +187,26 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// `relu(conv(xs) + bias)` in one op: saves the separate bias and ReLU passes and their
+    /// backward glue.
+    pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, true)
+    }
+
+    fn apply(&self, xs: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        let opts = ConvOptions {
+            stride: self.stride,
+            padding: self.padding,
+            relu,
+        };
+        conv2d(xs, &self.weight, Some(&self.bias), opts)
+    }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        ys.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        self.apply(xs, false)
     }
 }
 
@@ -252,6 +267,10 @@ impl ModuleT for MlpConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let mut xs = xs.clone();
         for (i, conv) in self.convs.iter().enumerate() {
+            if let (None, Activation::Relu) = (self.norms.get(i), self.activations[i]) {
+                xs = conv.forward_relu(&xs)?;
+                continue;
+            }
             xs = conv.forward(&xs)?;
             if let Some(norm) = self.norms.get(i) {
                 xs = norm.forward_t(&xs, train)?;

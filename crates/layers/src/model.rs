@@ -58,10 +58,13 @@ impl ParamRole {
     }
 }
 
-/// Our norm layers live under a path segment `bn` (`mlpconv1.bn.0.bias`) or end in `norm`/`bn`.
+/// Our norm layers live under a path segment `bn` (`mlpconv1.bn.0.bias`) or end in `norm`/`bn`,
+/// or are numbered as PyTorch modules number them (`stage1.0.bn1.bias`, `norm2`).
 fn is_norm_bias(name: &str) -> bool {
-    name.split('.')
-        .any(|seg| seg == "bn" || seg.ends_with("_bn") || seg.ends_with("norm"))
+    name.split('.').any(|seg| {
+        let base = seg.trim_end_matches(|c: char| c.is_ascii_digit());
+        base == "bn" || base.ends_with("_bn") || base.ends_with("norm")
+    })
 }
 
 #[cfg(test)]
@@ -79,5 +82,19 @@ mod tests {
             ParamRole::of("mlpconv1.bn.2.running_mean", 1),
             ParamRole::Buffer
         );
+    }
+
+    #[test]
+    fn numbered_norms_are_norms() {
+        assert_eq!(ParamRole::of("stage1.0.bn1.weight", 1), ParamRole::Norm);
+        assert_eq!(ParamRole::of("stage1.0.bn2.bias", 1), ParamRole::Norm);
+        assert_eq!(ParamRole::of("stage2.3.norm1.bias", 1), ParamRole::Norm);
+        assert_eq!(
+            ParamRole::of("stage1.0.bn3.running_mean", 1),
+            ParamRole::Buffer
+        );
+        assert_eq!(ParamRole::of("stage1.0.conv1.weight", 4), ParamRole::Weight);
+        assert_eq!(ParamRole::of("head.conv.bias", 1), ParamRole::Bias);
+        assert_eq!(ParamRole::of("bnx.bias", 1), ParamRole::Bias);
     }
 }

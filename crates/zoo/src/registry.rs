@@ -37,6 +37,32 @@ impl ZooModel for nin_model_nin::Nin {
     }
 }
 
+impl ZooModel for nin_model_drnin::DrNin {
+    type Config = nin_model_drnin::Config;
+    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::new(cfg, vb)?)
+    }
+    fn param_count(cfg: &Self::Config) -> usize {
+        cfg.param_count()
+    }
+    fn config_macs(cfg: &Self::Config) -> u64 {
+        cfg.macs_per_image()
+    }
+}
+
+impl ZooModel for nin_model_dcnin::DcNin {
+    type Config = nin_model_dcnin::Config;
+    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::new(cfg, vb)?)
+    }
+    fn param_count(cfg: &Self::Config) -> usize {
+        cfg.param_count()
+    }
+    fn config_macs(cfg: &Self::Config) -> u64 {
+        cfg.macs_per_image()
+    }
+}
+
 /// Object-safe face of a family, for the static table.
 pub trait Family: Sync {
     /// Builds a model from its full JSON configuration.
@@ -111,6 +137,8 @@ fn json<T: Serialize>(value: T) -> Value {
 }
 
 static NIN: FamilyOf<nin_model_nin::Nin> = FamilyOf::new();
+static DRNIN: FamilyOf<nin_model_drnin::DrNin> = FamilyOf::new();
+static DCNIN: FamilyOf<nin_model_dcnin::DcNin> = FamilyOf::new();
 
 /// Every preset, in the order `nin list` shows them.
 pub static MODELS: &[ModelEntry] = &[
@@ -127,6 +155,41 @@ pub static MODELS: &[ModelEntry] = &[
         summary: "NIN with batch norm after every convolution",
         default_args: |c| json(nin_model_nin::Config::nin_bn(c)),
         family: &NIN,
+    },
+    ModelEntry {
+        name: "drnin_l3",
+        family_name: "drnin",
+        summary: "DrNIN, residual mlpconv blocks (Alaeddine & Jihene 2021), L = 3, our instantiation",
+        default_args: |c| json(nin_model_drnin::Config::drnin_l3(c)),
+        family: &DRNIN,
+    },
+    ModelEntry {
+        name: "drnin_l4",
+        family_name: "drnin",
+        summary: "DrNIN with L = 4 residual mlpconv blocks (2, 1, 1), our instantiation",
+        default_args: |c| json(nin_model_drnin::Config::drnin_l4(c)),
+        family: &DRNIN,
+    },
+    ModelEntry {
+        name: "drnin_l5",
+        family_name: "drnin",
+        summary: "DrNIN with L = 5 residual mlpconv blocks (2, 2, 1), our instantiation",
+        default_args: |c| json(nin_model_drnin::Config::drnin_l5(c)),
+        family: &DRNIN,
+    },
+    ModelEntry {
+        name: "dcnin_s",
+        family_name: "dcnin",
+        summary: "DcNIN, densely connected mlpconv units (Kouka et al. 2025), g = 12, 6 per stage, our instantiation",
+        default_args: |c| json(nin_model_dcnin::Config::dcnin_s(c)),
+        family: &DCNIN,
+    },
+    ModelEntry {
+        name: "dcnin_m",
+        family_name: "dcnin",
+        summary: "DcNIN with g = 24, 8 units per stage, our instantiation",
+        default_args: |c| json(nin_model_dcnin::Config::dcnin_m(c)),
+        family: &DCNIN,
     },
 ];
 

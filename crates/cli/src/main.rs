@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod common;
 mod data;
 mod eval;
@@ -33,6 +34,8 @@ enum Command {
     List(list::ListArgs),
     /// Download, verify and describe the CIFAR datasets.
     Data(data::DataArgs),
+    /// Images per second of inference and training steps (CSV as benches/pytorch/bench_nin.py).
+    Bench(bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::List(args) => list::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -63,6 +63,19 @@ impl ZooModel for nin_model_dcnin::DcNin {
     }
 }
 
+impl ZooModel for nin_model_cic::Cic {
+    type Config = nin_model_cic::Config;
+    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::new(cfg, vb)?)
+    }
+    fn param_count(cfg: &Self::Config) -> usize {
+        cfg.param_count()
+    }
+    fn config_macs(cfg: &Self::Config) -> u64 {
+        cfg.macs_per_image()
+    }
+}
+
 /// Object-safe face of a family, for the static table.
 pub trait Family: Sync {
     /// Builds a model from its full JSON configuration.
@@ -139,6 +152,7 @@ fn json<T: Serialize>(value: T) -> Value {
 static NIN: FamilyOf<nin_model_nin::Nin> = FamilyOf::new();
 static DRNIN: FamilyOf<nin_model_drnin::DrNin> = FamilyOf::new();
 static DCNIN: FamilyOf<nin_model_dcnin::DcNin> = FamilyOf::new();
+static CIC: FamilyOf<nin_model_cic::Cic> = FamilyOf::new();
 
 /// Every preset, in the order `nin list` shows them.
 pub static MODELS: &[ModelEntry] = &[
@@ -190,6 +204,20 @@ pub static MODELS: &[ModelEntry] = &[
         summary: "DcNIN with g = 24, 8 units per stage, our instantiation",
         default_args: |c| json(nin_model_dcnin::Config::dcnin_m(c)),
         family: &DCNIN,
+    },
+    ModelEntry {
+        name: "cic_1d",
+        family_name: "cic",
+        summary: "CiC: NIN with channel-window 1×1 layers (w = 48), our instantiation",
+        default_args: |c| json(nin_model_cic::Config::cic_1d(c)),
+        family: &CIC,
+    },
+    ModelEntry {
+        name: "cic_3d",
+        family_name: "cic",
+        summary: "CiC with channel-window k×k convolutions in mlpconv2/3 too, our instantiation",
+        default_args: |c| json(nin_model_cic::Config::cic_3d(c)),
+        family: &CIC,
     },
 ];
 
@@ -301,6 +329,32 @@ mod tests {
                 .sum();
             assert_eq!(trainable, created.info.param_count, "{}", entry.name);
         }
+    }
+
+    #[test]
+    fn residual_and_dense_presets_report_their_model_card_sizes() {
+        for (name, params, macs) in [
+            ("drnin_l3", 896_266, 211_279_872),
+            ("drnin_l4", 1_302_922, 626_515_968),
+            ("drnin_l5", 1_709_578, 730_324_992),
+            ("dcnin_s", 310_906, 114_639_360),
+            ("dcnin_m", 2_113_882, 756_598_272),
+        ] {
+            let entry = find(name).unwrap();
+            let info = entry.family.info(name, &(entry.default_args)(10)).unwrap();
+            assert_eq!(
+                (info.param_count, info.macs_per_image),
+                (params, macs),
+                "{name}"
+            );
+        }
+        let args = resolve_args(
+            "drnin_l3",
+            10,
+            Some(&serde_json::json!({"blocks": [2, 2, 1]})),
+        )
+        .unwrap();
+        assert_eq!(args, (find("drnin_l5").unwrap().default_args)(10));
     }
 
     #[test]

@@ -1,0 +1,383 @@
+//! The channel-window convolution of CiC: each output channel reads a window of consecutive
+//! input channels only, with its own weights, shared over space.
+//!
+//! The weight is stored compactly as `[out, w, k, k]`. The forward pass gathers it into the dense
+//! `[out, in, k, k]` weight it stands for (zeros outside each window, one `index_select` over a
+//! constant index) and runs the shared dense convolution, [`nin_layers::conv2d`] (GEMM forward
+//! and backward on the CPU, candle's convolution elsewhere). Both steps are differentiable, so
+//! the backward pass is exact by construction: the dense weight gradient is gathered back onto
+//! the compact weight by `index_select`'s backward (`index_add`), and the input gradient is the
+//! dense convolution's.
+//!
+//! Trade-off: the convolution costs as much as a dense one of the same shape (`in / w` times the
+//! layer's own multiply-accumulates, 4× for 192 channels and w = 48), plus a gather of `out·in·k²`
+//! values forward and a scatter-add of as many backward, which are small next to it. A direct
+//! sparse kernel could save that factor but would need its own forward and backward on every
+//! device; the gather works wherever the dense convolution does. See the model card for measured
+//! times.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+use nin_layers::{conv2d, ConvOptions, Error, Result, WeightInit};
+
+/// Geometry of one channel-window convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelWindowConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Consecutive input channels each output channel reads.
+    pub window: usize,
+    /// Side of the square kernel.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ChannelWindowConfig {
+    /// Checks that the layer can be built: every size at least 1 and `window ≤ in_channels`.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, problem: String| Error::InvalidConfig {
+            layer: "channel_window_conv",
+            field,
+            problem,
+        };
+        if self.in_channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
+            return Err(invalid(
+                "in_channels/out_channels/kernel/stride",
+                "must all be at least 1".into(),
+            ));
+        }
+        if self.window == 0 || self.window > self.in_channels {
+            return Err(invalid(
+                "window",
+                format!(
+                    "must be between 1 and the input channels ({}), got {}",
+                    self.in_channels, self.window
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// First input channel of each output channel's window, see [`window_starts`].
+    pub fn starts(&self) -> Vec<usize> {
+        window_starts(self.in_channels, self.out_channels, self.window)
+    }
+
+    /// Shape of the compact weight, `[out, w, k, k]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.out_channels, self.window, self.kernel, self.kernel]
+    }
+
+    /// Output side for an input side `size`.
+    pub fn output_size(&self, size: usize) -> usize {
+        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+    }
+
+    /// Trainable parameters: `out·w·k² + out`.
+    pub fn param_count(&self) -> usize {
+        self.out_channels * self.window * self.kernel * self.kernel + self.out_channels
+    }
+
+    /// Multiply-accumulates per image of the layer itself (`out·w·k²` per output pixel), for an
+    /// `h`×`w` input; the gathered dense convolution that computes it does `in / w` times more.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        let pixels = self.output_size(h) * self.output_size(w);
+        (pixels * self.out_channels * self.window * self.kernel * self.kernel) as u64
+    }
+}
+
+/// Window starts `s_j = round(j · (in − w) / (out − 1))`, halves rounded up, for output channels
+/// `j = 0..out`; `s_0 = 0` when `out = 1`. Windows are spread evenly: the first starts at channel
+/// 0 and the last ends at channel `in − 1`. Computed in integers, so every implementation that
+/// rounds halves up agrees (Python's `round` rounds halves to even).
+pub fn window_starts(in_channels: usize, out_channels: usize, window: usize) -> Vec<usize> {
+    let span = in_channels.saturating_sub(window);
+    if out_channels <= 1 {
+        return vec![0; out_channels];
+    }
+    let den = out_channels - 1;
+    (0..out_channels)
+        .map(|j| (2 * j * span + den) / (2 * den))
+        .collect()
+}
+
+/// A channel-window convolution with bias. Weight names: `weight` `[out, w, k, k]`, `bias`
+/// `[out]`.
+#[derive(Clone, Debug)]
+pub struct ChannelWindowConv {
+    weight: Tensor,
+    bias: Tensor,
+    /// For each row `o·in + i` of the dense weight (viewed as `[out·in, k²]`), the row of the
+    /// compact weight (viewed as `[out·w, k²]`, plus one zero row at `out·w`) it copies.
+    gather: Tensor,
+    cfg: ChannelWindowConfig,
+}
+
+impl ChannelWindowConv {
+    /// Loads or creates `weight` `[out, w, k, k]` and `bias` `[out]` under `vb`. The
+    /// initialisation sees the compact shape, so fan-in schemes use the true fan-in `w·k²`.
+    pub fn new(cfg: ChannelWindowConfig, init: WeightInit, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let shape = cfg.weight_shape();
+        let weight = vb.get_with_hints(&shape, "weight", init.hint(&shape))?;
+        let bias = vb.get_with_hints(cfg.out_channels, "bias", Init::Const(0.0))?;
+        let (n_in, w) = (cfg.in_channels, cfg.window);
+        let zero_row = (cfg.out_channels * w) as u32;
+        let mut gather = Vec::with_capacity(cfg.out_channels * n_in);
+        for (o, &s) in cfg.starts().iter().enumerate() {
+            gather.extend((0..n_in).map(|i| {
+                if (s..s + w).contains(&i) {
+                    (o * w + i - s) as u32
+                } else {
+                    zero_row
+                }
+            }));
+        }
+        let gather = Tensor::from_vec(gather, cfg.out_channels * n_in, vb.device())?;
+        Ok(Self {
+            weight,
+            bias,
+            gather,
+            cfg,
+        })
+    }
+
+    /// The compact `[out, w, k, k]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The `[out]` bias.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The layer's geometry.
+    pub fn config(&self) -> &ChannelWindowConfig {
+        &self.cfg
+    }
+
+    /// The dense `[out, in, k, k]` weight the layer stands for: the compact weight scattered to
+    /// each window's channels, zeros elsewhere. Differentiable with respect to the compact weight.
+    pub fn dense_weight(&self) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let k2 = cfg.kernel * cfg.kernel;
+        // [out·w, k²] plus one zero row that every position outside a window reads.
+        let rows = self
+            .weight
+            .reshape((cfg.out_channels * cfg.window, k2))?
+            .pad_with_zeros(0, 0, 1)?;
+        rows.index_select(&self.gather, 0)?.reshape((
+            cfg.out_channels,
+            cfg.in_channels,
+            cfg.kernel,
+            cfg.kernel,
+        ))
+    }
+}
+
+impl ChannelWindowConv {
+    /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`].
+    pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, true)
+    }
+
+    fn apply(&self, xs: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        let (_, c, _, _) = xs.dims4()?;
+        if c != self.cfg.in_channels {
+            candle_core::bail!(
+                "channel_window_conv: expected input [N, {}, H, W], got {:?}",
+                self.cfg.in_channels,
+                xs.dims()
+            );
+        }
+        let opts = ConvOptions {
+            stride: self.cfg.stride,
+            padding: self.cfg.padding,
+            relu,
+        };
+        conv2d(xs, &self.dense_weight()?, Some(&self.bias), opts)
+    }
+}
+
+impl Module for ChannelWindowConv {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(xs, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+    use nin_layers::seeded_var_builder;
+
+    fn small(window: usize) -> ChannelWindowConfig {
+        ChannelWindowConfig {
+            in_channels: 7,
+            out_channels: 5,
+            window,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        }
+    }
+
+    #[test]
+    fn windows_are_spread_evenly_and_rounded_half_up() {
+        assert_eq!(window_starts(7, 5, 3), [0, 1, 2, 3, 4]);
+        // 2·(10 − 4)/(5 − 1) = 1.5 → 2 (half up), 3·6/4 = 4.5 → 5.
+        assert_eq!(window_starts(10, 5, 4), [0, 2, 3, 5, 6]);
+        assert_eq!(window_starts(192, 192, 48).last(), Some(&144));
+        assert_eq!(window_starts(160, 96, 48)[..3], [0, 1, 2]);
+        assert_eq!(window_starts(8, 1, 3), [0]);
+        assert_eq!(window_starts(4, 3, 4), [0, 0, 0]);
+    }
+
+    #[test]
+    fn oversized_windows_are_refused() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let err = ChannelWindowConv::new(small(8), WeightInit::KaimingNormal, vb)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`window`") && err.contains("got 8"), "{err}");
+    }
+
+    /// Output channel j is a dense convolution of input channels `[s_j, s_j + w)` with its own
+    /// weights: computed here one channel at a time, the way the PyTorch fixture does.
+    #[test]
+    fn matches_a_per_channel_reference() {
+        let cfg = small(3);
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
+        let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
+        varmap.data().lock().unwrap()["bias"]
+            .set(&Tensor::randn(0f32, 0.5, 5, &Device::Cpu).unwrap())
+            .unwrap();
+        let dense = conv.dense_weight().unwrap();
+        assert_eq!(dense.dims(), &[5, 7, 3, 3]);
+        let xs = Tensor::randn(0f32, 1.0, (2, 7, 6, 6), &Device::Cpu).unwrap();
+        let got = conv.forward(&xs).unwrap();
+        for (j, &s) in cfg.starts().iter().enumerate() {
+            let w = conv.weight().narrow(0, j, 1).unwrap();
+            let b = conv.bias().narrow(0, j, 1).unwrap();
+            let want = xs
+                .narrow(1, s, 3)
+                .unwrap()
+                .conv2d(&w, 1, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 1, 1, 1)).unwrap())
+                .unwrap();
+            let diff = (got.narrow(1, j, 1).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "channel {j}: {diff}");
+            // Outside the window the dense weight is exactly zero.
+            let row = dense.narrow(0, j, 1).unwrap();
+            let outside = row
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                - row
+                    .narrow(1, s, 3)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+            assert!(outside.abs() < 1e-6, "channel {j}: {outside}");
+        }
+    }
+
+    /// Gradients of weight, bias and input against central differences, in float64.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for stride in [1, 2] {
+            check_gradients(ChannelWindowConfig { stride, ..small(3) });
+        }
+    }
+
+    fn check_gradients(cfg: ChannelWindowConfig) {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 5, DType::F64, &dev);
+        let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
+        varmap.data().lock().unwrap()["bias"]
+            .set(&Tensor::randn(0f64, 0.1, 5, &dev).unwrap())
+            .unwrap();
+        let xs = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 7, 5, 5), &dev).unwrap()).unwrap();
+        let side = cfg.output_size(5);
+        let probe = Tensor::randn(0f64, 1.0, (2, 5, side, side), &dev).unwrap();
+        // A loss that weighs every output differently and is not linear in it.
+        let loss = |conv: &ChannelWindowConv, xs: &Tensor| {
+            let ys = conv.forward(xs).unwrap();
+            ((&ys * &probe).unwrap() + ys.sqr().unwrap().affine(0.25, 0.0).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss(&conv, xs.as_tensor()).backward().unwrap();
+        let eps = 1e-6;
+        let mut checked = 0;
+        let vars = varmap.all_vars();
+        let inputs = vars.iter().chain(std::iter::once(&xs));
+        for var in inputs {
+            let analytic = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            assert_eq!(analytic.len(), base.len());
+            for idx in 0..base.len() {
+                let at = |delta: f64| {
+                    let mut v = base.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                        .unwrap();
+                    loss(&conv, xs.as_tensor()).to_scalar::<f64>().unwrap()
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                at(0.0);
+                let err = (numeric - analytic[idx]).abs() / analytic[idx].abs().max(1.0);
+                assert!(
+                    err < 1e-6,
+                    "{:?}[{idx}]: numeric {numeric}, analytic {}",
+                    var.dims(),
+                    analytic[idx]
+                );
+                checked += 1;
+            }
+        }
+        // weight 5·3·3·3, bias 5, input 2·7·5·5.
+        assert_eq!(checked, 135 + 5 + 350);
+        // The fused ReLU path gives relu(forward).
+        let fused = conv.forward_relu(xs.as_tensor()).unwrap();
+        let plain = conv.forward(xs.as_tensor()).unwrap().relu().unwrap();
+        let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+}

@@ -3,13 +3,15 @@
 //! then convolution ([`BnActConv`], pre-activation, DcNIN).
 //!
 //! A convolution that batch norm follows has no bias (the norm's mean would cancel it), so these
-//! units carry their own [`ConvLayer`] whose bias is optional. Each constructor takes one
-//! `VarBuilder` for the convolution and one for the norm, so a family names them as its PyTorch
-//! module does (`conv1` and `bn1`, or `conv` and `bn`).
+//! units carry their own [`ConvLayer`] whose bias is optional; it runs on the GEMM convolution
+//! of [`conv2d`](crate::conv2d). Each constructor takes one `VarBuilder` for the convolution and
+//! one for the norm, so a family names them as its PyTorch module does (`conv1` and `bn1`, or
+//! `conv` and `bn`).
 
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
+use crate::conv::{conv2d, ConvOptions};
 use crate::error::{Error, Result};
 use crate::init::WeightInit;
 use crate::mlpconv::Activation;
@@ -128,22 +130,33 @@ impl ConvLayer {
 
 impl Module for ConvLayer {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
-            None => Ok(ys),
-        }
+        let opts = ConvOptions {
+            stride: self.stride,
+            padding: self.padding,
+            relu: false,
+        };
+        conv2d(xs, &self.weight, self.bias.as_ref(), opts)
     }
 }
 
-/// Batch norm over `channels` with PyTorch's defaults (ε = 1e-5, momentum 0.1, affine): `weight`,
-/// `bias`, `running_mean`, `running_var` under `vb`.
-pub fn batch_norm_2d(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    Ok(candle_nn::batch_norm(
-        channels,
-        BatchNormConfig::default(),
-        vb,
-    )?)
+/// PyTorch's default batch-norm momentum: `running = (1 − m)·running + m·batch`.
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Batch norm over `channels` as PyTorch's `BatchNorm2d` (ε = 1e-5, affine) with `momentum`
+/// ([`BN_MOMENTUM`] by default): `weight`, `bias`, `running_mean`, `running_var` under `vb`.
+pub fn batch_norm_2d(channels: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(Error::InvalidConfig {
+            layer: "batch_norm",
+            field: "momentum",
+            problem: format!("must be in [0, 1], got {momentum}"),
+        });
+    }
+    let cfg = BatchNormConfig {
+        momentum,
+        ..BatchNormConfig::default()
+    };
+    Ok(candle_nn::batch_norm(channels, cfg, vb)?)
 }
 
 /// Convolution then batch norm, no activation (the caller applies it, possibly after a
@@ -155,16 +168,18 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    /// The convolution under `conv_vb` (its bias as `spec` says) and its norm under `bn_vb`.
+    /// The convolution under `conv_vb` (its bias as `spec` says) and its norm, with
+    /// `bn_momentum`, under `bn_vb`.
     pub fn new(
         spec: &ConvSpec,
         init: WeightInit,
+        bn_momentum: f64,
         conv_vb: VarBuilder,
         bn_vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
             conv: ConvLayer::new(spec, init, conv_vb)?,
-            bn: batch_norm_2d(spec.out_channels, bn_vb)?,
+            bn: batch_norm_2d(spec.out_channels, bn_momentum, bn_vb)?,
         })
     }
 
@@ -190,16 +205,18 @@ pub struct BnActConv {
 }
 
 impl BnActConv {
-    /// The norm over `spec.in_channels` under `bn_vb`, then the convolution under `conv_vb`.
+    /// The norm over `spec.in_channels`, with `bn_momentum`, under `bn_vb`, then the
+    /// convolution under `conv_vb`.
     pub fn new(
         spec: &ConvSpec,
         activation: Activation,
         init: WeightInit,
+        bn_momentum: f64,
         bn_vb: VarBuilder,
         conv_vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            bn: batch_norm_2d(spec.in_channels, bn_vb)?,
+            bn: batch_norm_2d(spec.in_channels, bn_momentum, bn_vb)?,
             activation,
             conv: ConvLayer::new(spec, init, conv_vb)?,
         })
@@ -235,6 +252,7 @@ mod tests {
         let post = ConvBn::new(
             &spec,
             WeightInit::KaimingNormal,
+            BN_MOMENTUM,
             vb.pp("b.conv1"),
             vb.pp("b.bn1"),
         )
@@ -244,6 +262,7 @@ mod tests {
             &pre_spec,
             Activation::Relu,
             WeightInit::KaimingNormal,
+            BN_MOMENTUM,
             vb.pp("head.bn"),
             vb.pp("head.conv"),
         )
@@ -270,6 +289,13 @@ mod tests {
         );
         assert_eq!(ConvBn::param_count(&spec), 8 * 3 * 9 + 16);
         assert_eq!(spec.macs(6, 6), 36 * 8 * 3 * 9);
+    }
+
+    #[test]
+    fn momentum_outside_zero_one_is_refused() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let err = batch_norm_2d(4, 1.5, vb).unwrap_err().to_string();
+        assert!(err.contains("`momentum` must be in [0, 1]"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod pool;
 mod rng;
 
 pub use conv::{conv2d, ConvOptions};
-pub use conv_bn::{batch_norm_2d, BnActConv, ConvBn, ConvLayer, ConvSpec};
+pub use conv_bn::{batch_norm_2d, BnActConv, ConvBn, ConvLayer, ConvSpec, BN_MOMENTUM};
 pub use dropout::Dropout;
 pub use error::{Error, Result};
 pub use gap::{global_avg_pool, global_avg_pool_with_maps, GapOutput};

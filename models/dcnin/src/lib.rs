@@ -43,7 +43,7 @@ use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use nin_layers::{
     global_avg_pool, pool2d, Activation, BnActConv, ClassMapModel, ConvLayer, ConvSpec, Dropout,
-    DropoutRng, Pool2dConfig, PoolKind, WeightInit,
+    DropoutRng, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
 };
 
 /// The architecture's knobs. Presets: [`Config::dcnin_s`], [`Config::dcnin_m`].
@@ -67,6 +67,9 @@ pub struct Config {
     /// Initialisation of the convolution weights.
     #[serde(default = "default_init")]
     pub init: WeightInit,
+    /// Batch-norm momentum, PyTorch's meaning and default (0.1).
+    #[serde(default = "default_bn_momentum")]
+    pub bn_momentum: f64,
 }
 
 fn default_in_channels() -> usize {
@@ -80,6 +83,9 @@ fn default_units() -> [usize; 3] {
 }
 fn default_init() -> WeightInit {
     WeightInit::KaimingNormal
+}
+fn default_bn_momentum() -> f64 {
+    BN_MOMENTUM
 }
 
 /// Input side the model is built for.
@@ -98,6 +104,7 @@ impl Config {
             units: default_units(),
             dropout: 0.0,
             init: default_init(),
+            bn_momentum: default_bn_momentum(),
         }
     }
 
@@ -197,10 +204,19 @@ impl Config {
                 return Err(invalid(field, "must be at least 1, got 0".into()));
             }
         }
+        if !(0.0..=1.0).contains(&self.bn_momentum) {
+            return Err(invalid(
+                "bn_momentum",
+                format!("must be in [0, 1], got {}", self.bn_momentum),
+            ));
+        }
         if let Some(s) = self.units.iter().position(|&n| n == 0) {
             return Err(invalid(
                 "units",
-                format!("stage {} has no unit; every stage needs at least one", s + 1),
+                format!(
+                    "stage {} has no unit; every stage needs at least one",
+                    s + 1
+                ),
             ));
         }
         Ok(())
@@ -238,7 +254,14 @@ impl DcNin {
         let transition = |t: usize| {
             let tvb = vb.pp(format!("trans{}", t + 1));
             let spec = cfg.transition_spec(channels[t].1);
-            BnActConv::new(&spec, relu, cfg.init, tvb.pp("bn"), tvb.pp("conv"))
+            BnActConv::new(
+                &spec,
+                relu,
+                cfg.init,
+                cfg.bn_momentum,
+                tvb.pp("bn"),
+                tvb.pp("conv"),
+            )
         };
         let transitions = [transition(0)?, transition(1)?];
         let hvb = vb.pp("head");
@@ -246,6 +269,7 @@ impl DcNin {
             &cfg.head_spec(),
             relu,
             cfg.init,
+            cfg.bn_momentum,
             hvb.pp("bn"),
             hvb.pp("conv"),
         )?;
@@ -340,6 +364,7 @@ impl DenseUnit {
                 s,
                 Activation::Relu,
                 cfg.init,
+                cfg.bn_momentum,
                 vb.pp(format!("bn{i}")),
                 vb.pp(format!("conv{i}")),
             )
@@ -353,7 +378,8 @@ impl DenseUnit {
 
 impl ModuleT for DenseUnit {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.conv2.forward_t(&self.conv1.forward_t(xs, train)?, train)
+        self.conv2
+            .forward_t(&self.conv1.forward_t(xs, train)?, train)
     }
 }
 

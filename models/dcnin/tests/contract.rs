@@ -9,7 +9,11 @@ use nin_model_dcnin::{Config, DcNin};
 
 fn build(cfg: &Config) -> (DcNin, VarMap) {
     let varmap = VarMap::new();
-    let model = DcNin::new(cfg, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
+    let model = DcNin::new(
+        cfg,
+        seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     (model, varmap)
 }
 
@@ -41,7 +45,10 @@ fn logits_and_class_maps_have_the_contract_shapes() {
     }
     let (model, _) = build(&Config::dcnin_s(10));
     let err = model
-        .forward_t(&Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap(), false)
+        .forward_t(
+            &Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap(),
+            false,
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected input [N, 3, H, W]"), "{err}");
@@ -60,7 +67,11 @@ fn batch_norm_statistics_change_only_in_training_mode() {
     // 6 units × 2 norms, 2 transitions, the head: mean and variance each.
     assert_eq!(before.len(), 2 * 15);
     model.forward_t(&xs, false).unwrap();
-    assert_eq!(running_stats(&varmap), before, "eval mode moved the statistics");
+    assert_eq!(
+        running_stats(&varmap),
+        before,
+        "eval mode moved the statistics"
+    );
     model.forward_t(&xs, true).unwrap();
     for ((name, old), (_, new)) in before.iter().zip(running_stats(&varmap)) {
         assert_ne!(old, &new, "{name} did not move in training mode");
@@ -80,8 +91,16 @@ fn dropout_acts_only_in_training_mode() {
     let eval = |m: &DcNin| m.forward_t(&xs, false).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(eval(&model), eval(&model));
     model.dropout_rng().reseed(1);
-    let a = model.forward_t(&xs, true).unwrap().to_vec2::<f32>().unwrap();
+    let a = model
+        .forward_t(&xs, true)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     model.dropout_rng().reseed(2);
-    let b = model.forward_t(&xs, true).unwrap().to_vec2::<f32>().unwrap();
+    let b = model
+        .forward_t(&xs, true)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert_ne!(a, b, "dropout 0.5 with other masks gave the same logits");
 }

@@ -87,7 +87,10 @@ fn reduced_dcnin_matches_pytorch() {
             if let Some(grad) = tensors.get(&format!("{name}.grad.{key}")) {
                 let got = grads.get(var.as_tensor()).unwrap();
                 let err = rel_err(got, grad);
-                assert!(err < tolerance, "{name}: gradient of {key} differs by {err}");
+                assert!(
+                    err < tolerance,
+                    "{name}: gradient of {key} differs by {err}"
+                );
                 n_grads += 1;
             } else {
                 let after = &tensors[&format!("{name}.after.{key}")];
@@ -98,7 +101,11 @@ fn reduced_dcnin_matches_pytorch() {
         }
         // Stem 1; 7 units × (2 convs + 2 norms × 2); 2 transitions × 3; head 4 parameters;
         // running mean and variance of 7 × 2 + 2 + 1 norms.
-        assert_eq!((n_grads, n_buffers), (1 + 7 * 6 + 2 * 3 + 4, 2 * 17), "{name}");
+        assert_eq!(
+            (n_grads, n_buffers),
+            (1 + 7 * 6 + 2 * 3 + 4, 2 * 17),
+            "{name}"
+        );
         n_cases += 1;
     }
     assert_eq!(n_cases, 2);

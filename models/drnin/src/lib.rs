@@ -44,7 +44,7 @@ use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use nin_layers::{
     global_avg_pool, pool2d, Activation, ClassMapModel, ConvBn, ConvLayer, ConvSpec, Dropout,
-    DropoutRng, Pool2dConfig, PoolKind, WeightInit,
+    DropoutRng, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
 };
 
 /// The architecture's knobs. Presets: [`Config::drnin_l3`], [`Config::drnin_l4`],
@@ -72,6 +72,9 @@ pub struct Config {
     /// Initialisation of the convolution weights.
     #[serde(default = "default_init")]
     pub init: WeightInit,
+    /// Batch-norm momentum, PyTorch's meaning and default (0.1).
+    #[serde(default = "default_bn_momentum")]
+    pub bn_momentum: f64,
 }
 
 fn default_in_channels() -> usize {
@@ -92,6 +95,9 @@ fn default_activation() -> Activation {
 fn default_init() -> WeightInit {
     WeightInit::KaimingNormal
 }
+fn default_bn_momentum() -> f64 {
+    BN_MOMENTUM
+}
 
 /// Input side the model is built for.
 pub const INPUT_SIZE: usize = 32;
@@ -107,6 +113,7 @@ impl Config {
             dropout: default_dropout(),
             activation: default_activation(),
             init: default_init(),
+            bn_momentum: default_bn_momentum(),
         }
     }
 
@@ -191,10 +198,19 @@ impl Config {
         if let Some(s) = self.widths.iter().position(|&w| w == 0) {
             return Err(invalid("widths", format!("stage {} has width 0", s + 1)));
         }
+        if !(0.0..=1.0).contains(&self.bn_momentum) {
+            return Err(invalid(
+                "bn_momentum",
+                format!("must be in [0, 1], got {}", self.bn_momentum),
+            ));
+        }
         if let Some(s) = self.blocks.iter().position(|&n| n == 0) {
             return Err(invalid(
                 "blocks",
-                format!("stage {} has no block; every stage needs at least one", s + 1),
+                format!(
+                    "stage {} has no block; every stage needs at least one",
+                    s + 1
+                ),
             ));
         }
         Ok(())
@@ -242,7 +258,10 @@ impl BlockSpec {
     /// Multiply-accumulates for an `size`×`size` input.
     pub fn macs(&self, size: usize) -> u64 {
         let (main, shortcut) = self.convs();
-        main.iter().chain(&shortcut).map(|c| c.macs(size, size)).sum()
+        main.iter()
+            .chain(&shortcut)
+            .map(|c| c.macs(size, size))
+            .sum()
     }
 }
 
@@ -346,6 +365,7 @@ impl DrMlpConv {
             ConvBn::new(
                 s,
                 cfg.init,
+                cfg.bn_momentum,
                 vb.pp(format!("conv{i}")),
                 vb.pp(format!("bn{i}")),
             )
@@ -355,7 +375,10 @@ impl DrMlpConv {
             conv2: unit(&s2, 2)?,
             conv3: unit(&s3, 3)?,
             shortcut: shortcut
-                .map(|s| ConvBn::new(&s, cfg.init, vb.pp("shortcut.conv"), vb.pp("shortcut.bn")))
+                .map(|s| {
+                    let svb = vb.pp("shortcut");
+                    ConvBn::new(&s, cfg.init, cfg.bn_momentum, svb.pp("conv"), svb.pp("bn"))
+                })
                 .transpose()?,
             activation: cfg.activation,
         })
@@ -441,7 +464,10 @@ mod tests {
         assert_eq!(model.head_prefix(), "head.conv");
         let data = varmap.data().lock().unwrap();
         assert_eq!(data["stage1.0.conv1.weight"].dims(), &[192, 3, 3, 3]);
-        assert_eq!(data["stage1.0.shortcut.conv.weight"].dims(), &[192, 3, 1, 1]);
+        assert_eq!(
+            data["stage1.0.shortcut.conv.weight"].dims(),
+            &[192, 3, 1, 1]
+        );
         assert_eq!(data["stage1.1.conv3.weight"].dims(), &[192, 192, 1, 1]);
         assert_eq!(data["stage3.0.bn2.running_var"].dims(), &[192]);
         assert_eq!(data["head.conv.weight"].dims(), &[10, 192, 1, 1]);

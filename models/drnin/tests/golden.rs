@@ -87,7 +87,10 @@ fn reduced_drnin_matches_pytorch() {
             if let Some(grad) = tensors.get(&format!("{name}.grad.{key}")) {
                 let got = grads.get(var.as_tensor()).unwrap();
                 let err = rel_err(got, grad);
-                assert!(err < tolerance, "{name}: gradient of {key} differs by {err}");
+                assert!(
+                    err < tolerance,
+                    "{name}: gradient of {key} differs by {err}"
+                );
                 n_grads += 1;
             } else {
                 let after = &tensors[&format!("{name}.after.{key}")];

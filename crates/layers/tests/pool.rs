@@ -1,5 +1,6 @@
 //! Pooling against PyTorch golden fixtures and against finite differences: the two checks that
 //! candle's own pooling fails.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

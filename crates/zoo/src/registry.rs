@@ -332,6 +332,34 @@ mod tests {
     }
 
     #[test]
+    fn cic_presets_report_their_model_card_sizes() {
+        for (name, n_classes, params, macs) in [
+            ("cic_1d", 10, 850_250, 171_958_272),
+            ("cic_1d", 100, 867_620, 173_064_192),
+            ("cic_3d", 10, 371_018, 97_050_624),
+            ("cic_3d", 100, 388_388, 98_156_544),
+        ] {
+            let entry = find(name).unwrap();
+            let info = entry
+                .family
+                .info(name, &(entry.default_args)(n_classes))
+                .unwrap();
+            assert_eq!(
+                (info.param_count, info.macs_per_image),
+                (params, macs),
+                "{name}, {n_classes} classes"
+            );
+        }
+        let args = resolve_args(
+            "cic_1d",
+            10,
+            Some(&serde_json::json!({"sparsity": "channel_spatial"})),
+        )
+        .unwrap();
+        assert_eq!(args, (find("cic_3d").unwrap().default_args)(10));
+    }
+
+    #[test]
     fn residual_and_dense_presets_report_their_model_card_sizes() {
         for (name, params, macs) in [
             ("drnin_l3", 896_266, 211_279_872),

@@ -3,7 +3,6 @@
 //! included) and, with batch norm in training mode, the updated running statistics (fixture:
 //! `testdata/gen_cic_golden.py`).
 #![allow(clippy::unwrap_used)]
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

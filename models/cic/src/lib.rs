@@ -405,6 +405,39 @@ mod tests {
         assert!(err.contains("windwo"), "{err}");
     }
 
+    /// Neither preset has batch norm; with the option on, its statistics move only in training.
+    #[test]
+    fn batch_norm_statistics_change_only_in_training_mode() {
+        let cfg = Config {
+            mlpconv1: [8, 8, 8],
+            mlpconv2: [8, 8, 8],
+            mlpconv3: [8, 8],
+            window: 4,
+            batch_norm: true,
+            dropout: 0.0,
+            ..Config::cic_3d(10)
+        };
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let model = Cic::new(&cfg, vb).unwrap();
+        let stats = || {
+            let data = varmap.data().lock().unwrap();
+            let mut keys: Vec<_> = data.keys().filter(|k| k.contains("running_")).collect();
+            keys.sort();
+            assert_eq!(keys.len(), 18);
+            keys.iter()
+                .map(|k| data[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let xs = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        let before = stats();
+        model.forward_t(&xs, false).unwrap();
+        assert_eq!(stats(), before);
+        model.forward_t(&xs, true).unwrap();
+        let after = stats();
+        assert!(before.iter().zip(&after).all(|(b, a)| b != a));
+    }
+
     #[test]
     fn a_window_wider_than_a_layer_input_is_refused() {
         let cfg = Config {

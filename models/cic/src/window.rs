@@ -179,9 +179,7 @@ impl ChannelWindowConv {
             cfg.kernel,
         ))
     }
-}
 
-impl ChannelWindowConv {
     /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`].
     pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.apply(xs, true)

@@ -41,7 +41,7 @@ fn project_root() -> PathBuf {
 }
 
 /// Checks every Rust file of the workspace: it opens with a `//!` comment saying why it exists,
-/// and no test hides a panic behind `#[should_panic]` or skips itself with `#[ignore]`; every
+/// no test expects a panic or is marked ignored (see the needles below); every
 /// crate appears in docs/ARCHITECTURE.md.
 fn tidy(root: &Path) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();

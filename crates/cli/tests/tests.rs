@@ -2,5 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod data;
 mod train;

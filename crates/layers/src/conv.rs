@@ -289,10 +289,10 @@ fn forward<T: WithDType>(g: &Geom, x: &[T], wt: &[T], bias: Option<&[T]>, relu: 
                 )
             };
             if relu {
-                // `v < 0` leaves NaN in place, as PyTorch's ReLU does.
-                y.iter_mut()
-                    .filter(|v| **v < T::zero())
-                    .for_each(|v| *v = T::zero());
+                // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
+                for v in y.iter_mut() {
+                    *v = if *v < T::zero() { T::zero() } else { *v };
+                }
             }
         });
     out

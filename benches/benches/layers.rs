@@ -1,0 +1,143 @@
+//! Criterion benchmarks of the layers a NIN training step spends its time in: every convolution
+//! shape of NIN at batch 32, forward and forward + backward, through our GEMM-based op and
+//! through candle's own `conv2d`; both pooling layers; and one whole training step.
+//! Run at the thread count you compare with: `RAYON_NUM_THREADS=2 cargo bench -p nin-benches
+//! --bench layers`. The numbers behind `docs/performance.md` come from `nin bench`, this suite
+//! says which layer moved.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind};
+use nin_train::optim::{named_vars, trainable_params};
+use nin_train::{LrMultipliers, Optimizer, Sgd};
+
+const BATCH: usize = 32;
+
+/// (name, C_in, C_out, k, padding, side) of every NIN convolution (`models.md`).
+const NIN_CONVS: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("conv1_5x5_3-192_32", 3, 192, 5, 2, 32),
+    ("mlp1a_1x1_192-160_32", 192, 160, 1, 0, 32),
+    ("mlp1b_1x1_160-96_32", 160, 96, 1, 0, 32),
+    ("conv2_5x5_96-192_16", 96, 192, 5, 2, 16),
+    ("mlp2_1x1_192-192_16", 192, 192, 1, 0, 16),
+    ("conv3_3x3_192-192_8", 192, 192, 3, 1, 8),
+    ("mlp3a_1x1_192-192_8", 192, 192, 1, 0, 8),
+    ("mlp3b_1x1_192-10_8", 192, 10, 1, 0, 8),
+];
+
+fn randn(dims: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap()
+}
+
+fn convolutions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    for &(name, c_in, c_out, k, padding, side) in NIN_CONVS {
+        let macs = (BATCH * side * side * c_out * c_in * k * k) as u64;
+        group.throughput(Throughput::Elements(macs));
+        // The first layer's input is the image: no input gradient, as in training.
+        let first = c_in == 3;
+        let x_plain = randn(&[BATCH, c_in, side, side]);
+        let x = Var::from_tensor(&x_plain).unwrap();
+        let x = if first {
+            x_plain
+        } else {
+            x.as_tensor().clone()
+        };
+        let w = Var::from_tensor(&(randn(&[c_out, c_in, k, k]) * 0.05).unwrap()).unwrap();
+        let b = Var::zeros(c_out, DType::F32, &Device::Cpu).unwrap();
+        let opts = ConvOptions {
+            stride: 1,
+            padding,
+            relu: true,
+        };
+        let ours = || conv2d(&x, &w, Some(&b), opts).unwrap();
+        let candle = || {
+            x.conv2d(&w, padding, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap()
+                .relu()
+                .unwrap()
+        };
+        group.bench_function(BenchmarkId::new("forward/ours", name), |bench| {
+            bench.iter(ours)
+        });
+        group.bench_function(BenchmarkId::new("forward/candle", name), |bench| {
+            bench.iter(candle)
+        });
+        group.bench_function(BenchmarkId::new("train/ours", name), |bench| {
+            bench.iter(|| ours().sum_all().unwrap().backward().unwrap())
+        });
+        group.bench_function(BenchmarkId::new("train/candle", name), |bench| {
+            bench.iter(|| candle().sum_all().unwrap().backward().unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn pooling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    for (name, kind, dims) in [
+        ("max3s2_96x32", PoolKind::Max, [BATCH, 96, 32, 32]),
+        ("avg3s2_192x16", PoolKind::Avg, [BATCH, 192, 16, 16]),
+    ] {
+        let x = Var::from_tensor(&randn(&dims)).unwrap();
+        let cfg = Pool2dConfig::nin(kind);
+        group.bench_function(BenchmarkId::new("forward", name), |bench| {
+            bench.iter(|| pool2d(&x, &cfg).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("train", name), |bench| {
+            bench.iter(|| {
+                pool2d(&x, &cfg)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn train_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let created = nin_zoo::create_model("nin", 10, None, 0, &Device::Cpu).unwrap();
+    let params = trainable_params(
+        &named_vars(&created.varmap),
+        &LrMultipliers::default(),
+        created.model.head_prefix(),
+    );
+    let mut opt = Sgd::new(params, 0.9, false, 5e-4).unwrap();
+    let xs = randn(&[BATCH, 3, 32, 32]);
+    let labels = Tensor::from_vec(
+        (0..BATCH as u32).map(|i| i % 10).collect::<Vec<u32>>(),
+        BATCH,
+        &Device::Cpu,
+    )
+    .unwrap();
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("nin_b32", |bench| {
+        bench.iter(|| {
+            let logits = created.model.forward_t(&xs, true).unwrap();
+            let loss = nin_train::cross_entropy(&logits, &labels, 0.0).unwrap();
+            opt.step(&loss.backward().unwrap(), 0.01).unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, convolutions, pooling, train_step);
+criterion_main!(benches);

@@ -22,3 +22,17 @@ pub fn keep_freed_memory() {
 /// Other platforms keep their allocator's defaults.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_memory() {}
+
+/// Returns the memory [`keep_freed_memory`] kept back to the kernel, so that a following peak
+/// measurement (`nin bench`) starts from what is really in use.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_freed_memory() {
+    // SAFETY: malloc_trim only hands free heap pages back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other platforms keep their allocator's defaults.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_freed_memory() {}

@@ -7,7 +7,7 @@
 //! built from detached weights, so no autograd graph is recorded (PyTorch's `inference_mode`).
 //! Each configuration runs `--warmup` untimed steps, then `--iters` timed ones; the step time is
 //! their median. Peak memory is the process's peak resident set (`VmHWM`), reset before each
-//! configuration through `/proc/self/clear_refs`.
+//! configuration through `/proc/self/clear_refs` after the allocator returned the memory it kept.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -262,7 +262,9 @@ fn input_batch(batch_size: usize, device: &Device) -> anyhow::Result<Tensor> {
 }
 
 /// Resets the kernel's peak-RSS counter (Linux ≥ 4.0); elsewhere the peak is the process's.
+/// Memory kept from earlier configurations is released first, or it would count again.
 fn reset_peak_rss() {
+    crate::alloc::release_freed_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -10,22 +10,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use nin_layers::{seeded_var_builder, ClassMapModel};
 use nin_model_dcnin::{Config, DcNin};
+use nin_testkit::rel_err;
 
 #[derive(serde::Deserialize)]
 struct CaseMeta {
     config: Config,
     train: bool,
     dtype: String,
-}
-
-/// max |a − b| / max |b|: the relative error of a whole tensor, with a floor on the scale for
-/// tensors that are zero in theory.
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims());
-    let to_f64 = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-    let diff = to_f64((got - want).unwrap().abs().unwrap().max_all().unwrap());
-    let scale = to_f64(want.abs().unwrap().max_all().unwrap());
-    diff / scale.max(1e-4)
 }
 
 #[test]

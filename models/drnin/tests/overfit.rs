@@ -2,57 +2,19 @@
 //! norm in training mode while it learns, judged in eval mode with its running statistics).
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
 use nin_layers::{seeded_var_builder, ClassMapModel};
 use nin_model_drnin::{Config, DrNin};
 
 const N_IMAGES: usize = 64;
-const RECORD: usize = 3073;
-
-/// The first `n` records of `data_batch_1.bin` in the shared CIFAR-10 archive, if present.
-fn first_cifar10_images(n: usize) -> Option<(Vec<u8>, Vec<u32>)> {
-    let archive = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/cifar-10-binary.tar.gz");
-    let file = std::fs::File::open(&archive).ok()?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in tar.entries().ok()? {
-        let entry = entry.ok()?;
-        if entry.path().ok()?.ends_with("data_batch_1.bin") {
-            let mut bytes = vec![0u8; n * RECORD];
-            entry
-                .take((n * RECORD) as u64)
-                .read_exact(&mut bytes)
-                .ok()?;
-            let labels = bytes.chunks(RECORD).map(|r| r[0] as u32).collect();
-            let pixels = bytes.chunks(RECORD).flat_map(|r| r[1..].to_vec()).collect();
-            return Some((pixels, labels));
-        }
-    }
-    None
-}
 
 #[test]
 fn reduced_drnin_overfits_64_real_images() {
-    let Some((pixels, labels)) = first_cifar10_images(N_IMAGES) else {
+    let Some((xs, ys, labels)) = nin_testkit::cifar10_head(N_IMAGES) else {
         eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
         return;
     };
-    let mean = [0.4914f32, 0.4822, 0.4465];
-    let std = [0.2470f32, 0.2435, 0.2616];
-    let normalised: Vec<f32> = pixels
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| {
-            let c = (i / 1024) % 3;
-            (p as f32 / 255.0 - mean[c]) / std[c]
-        })
-        .collect();
-    let xs = Tensor::from_vec(normalised, (N_IMAGES, 3, 32, 32), &Device::Cpu).unwrap();
-    let ys = Tensor::from_vec(labels.clone(), N_IMAGES, &Device::Cpu).unwrap();
 
     let cfg = Config {
         widths: [8, 8, 8],

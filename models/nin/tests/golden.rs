@@ -9,23 +9,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use nin_layers::{seeded_var_builder, ClassMapModel};
 use nin_model_nin::{Config, Nin};
+use nin_testkit::rel_err;
 
 #[derive(serde::Deserialize)]
 struct CaseMeta {
     config: Config,
     train: bool,
     dtype: String,
-}
-
-/// max |a − b| / max |b|: the relative error of a whole tensor. The scale has a floor because
-/// the bias of a convolution followed by batch norm has a gradient of exactly zero in theory
-/// (about 1e-9 in float), where a ratio would only compare rounding noise.
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims());
-    let to_f64 = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-    let diff = to_f64((got - want).unwrap().abs().unwrap().max_all().unwrap());
-    let scale = to_f64(want.abs().unwrap().max_all().unwrap());
-    diff / scale.max(1e-4)
 }
 
 /// Checks every case of a fixture: float32 cases to `tolerance`, float64 ones to 1e-9.

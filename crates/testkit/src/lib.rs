@@ -1,10 +1,17 @@
 //! Test support shared by the model crates (a dev-dependency only): the first images of the
-//! real CIFAR-10 archive in `../shared/data`, normalised, and a whole-tensor relative error.
+//! real CIFAR-10 archive in `../shared/data`, normalised, a whole-tensor relative error, and the
+//! check of a model against a PyTorch golden fixture.
+// Test support fails loudly on purpose: a panic here is a failed test.
+#![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use nin_layers::{seeded_var_builder, ClassMapModel};
+use serde::de::DeserializeOwned;
 
 const RECORD: usize = 3073;
 /// CIFAR-10's published per-channel mean of `pixel / 255`.
@@ -68,4 +75,115 @@ pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     let diff = scalar((got - want).and_then(|d| d.abs()).and_then(|d| d.max_all()));
     let scale = scalar(want.abs().and_then(|w| w.max_all()));
     diff / scale.max(1e-4)
+}
+
+/// What [`check_golden_fixture`] compared in one case of a fixture.
+#[derive(Clone, Debug)]
+pub struct GoldenCase {
+    /// The case's name in the fixture.
+    pub name: String,
+    /// Gradients compared (one per trainable tensor).
+    pub n_grads: usize,
+    /// Buffers (batch-norm running statistics) compared after the step.
+    pub n_buffers: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct CaseMeta<C> {
+    config: C,
+    train: bool,
+    dtype: String,
+}
+
+/// Checks a model family against a fixture written by one of the `gen_*_golden.py` scripts.
+///
+/// For every case (a metadata entry `{config, train, dtype}` plus tensors `{case}.param.*`,
+/// `input`, `labels`, `class_maps`, `logits`, `loss`, `grad.*` and `after.*`), PyTorch's state
+/// dict is loaded into a `VarMap`, `build` makes the model from it, and the class maps, logits,
+/// cross-entropy loss, every gradient and every buffer after the step must match: float32 cases
+/// to `tolerance`, float64 cases to 1e-9. The model must ask for exactly PyTorch's tensors.
+///
+/// # Panics
+/// On any mismatch or unreadable fixture: this is for tests.
+pub fn check_golden_fixture<C: DeserializeOwned>(
+    path: &Path,
+    tolerance: f64,
+    build: impl Fn(&C, VarBuilder<'static>) -> Box<dyn ClassMapModel>,
+) -> Vec<GoldenCase> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let mut cases = Vec::new();
+    for (name, json) in meta.iter().filter(|(k, _)| *k != "torch") {
+        let case: CaseMeta<C> = serde_json::from_str(json).unwrap();
+        let get = |key: &str| tensors[&format!("{name}.{key}")].clone();
+        let (dtype, tolerance) = match case.dtype.as_str() {
+            "float64" => (DType::F64, 1e-9),
+            _ => (DType::F32, tolerance),
+        };
+
+        let varmap = VarMap::new();
+        let prefix = format!("{name}.param.");
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (key, value) in tensors.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                let var = Var::from_tensor(value).unwrap();
+                data.insert(key[prefix.len()..].to_string(), var);
+            }
+        }
+        let n_loaded = varmap.all_vars().len();
+        let model = build(
+            &case.config,
+            seeded_var_builder(&varmap, 0, dtype, &Device::Cpu),
+        );
+        assert_eq!(
+            varmap.all_vars().len(),
+            n_loaded,
+            "{name}: the model asked for tensors PyTorch does not have"
+        );
+
+        let maps = model.class_maps(&get("input"), case.train).unwrap();
+        let logits = nin_layers::global_avg_pool(&maps).unwrap();
+        let err = rel_err(&maps, &get("class_maps"));
+        assert!(
+            err < tolerance,
+            "{name}: class maps differ by {err} (relative)"
+        );
+        let err = rel_err(&logits, &get("logits"));
+        assert!(err < tolerance, "{name}: logits differ by {err} (relative)");
+        let labels = get("labels").to_dtype(DType::U32).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        let err = rel_err(&loss.reshape(1).unwrap(), &get("loss"));
+        assert!(err < tolerance, "{name}: loss differs by {err} (relative)");
+
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let (mut n_grads, mut n_buffers) = (0, 0);
+        for (key, var) in data.iter() {
+            if let Some(grad) = tensors.get(&format!("{name}.grad.{key}")) {
+                let err = rel_err(grads.get(var.as_tensor()).unwrap(), grad);
+                assert!(
+                    err < tolerance,
+                    "{name}: gradient of {key} differs by {err}"
+                );
+                n_grads += 1;
+            } else {
+                let after = &tensors[&format!("{name}.after.{key}")];
+                let err = rel_err(var.as_tensor(), after);
+                assert!(
+                    err < tolerance,
+                    "{name}: buffer {key} after the step differs by {err}"
+                );
+                n_buffers += 1;
+            }
+        }
+        cases.push(GoldenCase {
+            name: name.clone(),
+            n_grads,
+            n_buffers,
+        });
+    }
+    cases
 }

@@ -27,6 +27,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Stride, padding and fused activation of a [`conv2d`] call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,8 +231,10 @@ fn im2col<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, off: usize)
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input cell it came from.
-fn col2im<T: WithDType>(g: &Geom, col: &[T], dx: &mut [T]) {
-    dx.fill(T::zero());
+fn col2im<T: WithDType>(g: &Geom, col: &[T], dx: &mut [MaybeUninit<T>]) {
+    dx.fill(MaybeUninit::new(T::zero()));
+    // SAFETY: just filled.
+    let dx = unsafe { assume_init(dx) };
     let ohw = g.ohw();
     for c in 0..g.c_in {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -258,44 +261,67 @@ fn col2im<T: WithDType>(g: &Geom, col: &[T], dx: &mut [T]) {
     }
 }
 
+/// A vector of `len` values that `init` writes, every one of them, without zero-filling it
+/// first: every op output is written whole by a GEMM or a fill, and a zero-fill would be one more
+/// pass over the largest tensors of a step.
+fn written_by<T: WithDType>(len: usize, init: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    init(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `init` initialises all `len` values (the contract of every caller below).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `s` as initialised values.
+///
+/// # Safety
+/// Every value of `s` must have been written.
+unsafe fn assume_init<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the caller vouches that all are initialised.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<T>(), s.len()) }
+}
+
 fn forward<T: WithDType>(g: &Geom, x: &[T], wt: &[T], bias: Option<&[T]>, relu: bool) -> Vec<T> {
     let (ckk, ohw) = (g.ckk(), g.ohw());
     let par = inner_parallelism(g.n);
-    let mut out = vec![T::zero(); g.n * g.out_len()];
-    out.par_chunks_mut(g.out_len())
-        .zip(x.par_chunks(g.in_len()))
-        .for_each_init(Vec::new, |col: &mut Vec<T>, (y, xi)| {
-            let rhs: &[T] = if g.pointwise() {
-                xi
-            } else {
-                col.resize(ckk * ohw, T::zero());
-                im2col(g, xi, col, ohw, 0);
-                col
-            };
-            if let Some(b) = bias {
-                for (row, &bv) in y.chunks_mut(ohw).zip(b) {
-                    row.fill(bv);
+    written_by(g.n * g.out_len(), |out| {
+        out.par_chunks_mut(g.out_len())
+            .zip(x.par_chunks(g.in_len()))
+            .for_each_init(Vec::new, |col: &mut Vec<T>, (y, xi)| {
+                let rhs: &[T] = if g.pointwise() {
+                    xi
+                } else {
+                    col.resize(ckk * ohw, T::zero());
+                    im2col(g, xi, col, ohw, 0);
+                    col
+                };
+                if let Some(b) = bias {
+                    for (row, &bv) in y.chunks_mut(ohw).zip(b) {
+                        row.fill(MaybeUninit::new(bv));
+                    }
                 }
-            }
-            // SAFETY: y is c_out×ohw, wt c_out×ckk, rhs ckk×ohw, all row-major and distinct.
-            unsafe {
-                matmul(
-                    (g.c_out, ohw, ckk),
-                    (y.as_mut_ptr(), ohw, 1),
-                    bias.is_some(),
-                    (wt.as_ptr(), ckk, 1),
-                    (rhs.as_ptr(), ohw, 1),
-                    par,
-                )
-            };
-            if relu {
-                // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
-                for v in y.iter_mut() {
-                    *v = if *v < T::zero() { T::zero() } else { *v };
+                // SAFETY: y is c_out×ohw, wt c_out×ckk, rhs ckk×ohw, all row-major and distinct;
+                // without a bias the GEMM overwrites y without reading it.
+                unsafe {
+                    matmul(
+                        (g.c_out, ohw, ckk),
+                        (y.as_mut_ptr().cast::<T>(), ohw, 1),
+                        bias.is_some(),
+                        (wt.as_ptr(), ckk, 1),
+                        (rhs.as_ptr(), ohw, 1),
+                        par,
+                    )
+                };
+                if relu {
+                    // SAFETY: the GEMM has written all of y.
+                    let y = unsafe { assume_init(y) };
+                    // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
+                    for v in y.iter_mut() {
+                        *v = if *v < T::zero() { T::zero() } else { *v };
+                    }
                 }
-            }
-        });
-    out
+            });
+    })
 }
 
 /// `[dW (c_out·ckk), db (c_out)]` summed over the batch.
@@ -311,41 +337,44 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
         .map(|chunk| {
             let mut acc = vec![T::zero(); c_out * ckk + c_out];
             let (dw, db) = acc.split_at_mut(c_out * ckk);
+            // gemm runs fastest on this product (both operands contiguous along the contracted
+            // axis) when it writes dW column-major; it is transposed into place at the end.
+            let mut dw_t = vec![T::zero(); ckk * c_out];
             let (mut col, mut dyg) = (Vec::new(), Vec::new());
             let images = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.n);
             let mut first = true;
             for start in images.clone().step_by(group) {
                 let end = (start + group).min(images.end);
                 let cols = (end - start) * ohw;
-                let (lhs, lhs_rs, rhs, rhs_ld): (&[T], usize, &[T], usize) =
-                    if end - start == 1 && g.pointwise() {
-                        let (xi, gi) = (&x[start * g.in_len()..], &dy[start * g.out_len()..]);
-                        (gi, ohw, xi, ohw)
-                    } else {
-                        col.resize(ckk * cols, T::zero());
-                        dyg.resize(c_out * cols, T::zero());
-                        for (j, img) in (start..end).enumerate() {
-                            let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
-                            if g.pointwise() {
-                                for (r, src) in xi.chunks(ohw).enumerate() {
-                                    col[r * cols + j * ohw..][..ohw].copy_from_slice(src);
-                                }
-                            } else {
-                                im2col(g, xi, &mut col, cols, j * ohw);
-                            }
-                            let gi = &dy[img * g.out_len()..(img + 1) * g.out_len()];
-                            for (r, src) in gi.chunks(ohw).enumerate() {
-                                dyg[r * cols + j * ohw..][..ohw].copy_from_slice(src);
-                            }
+                // Both operands are read along their rows (the contracted axis), which gemm's
+                // packing gathers with the row stride: a stride of a multiple of 4 KiB maps every
+                // gathered value to one L1 set, so the rows are padded off it.
+                let ld = cols + 16;
+                col.resize(ckk * ld, T::zero());
+                dyg.resize(c_out * ld, T::zero());
+                for (j, img) in (start..end).enumerate() {
+                    let xi = &x[img * g.in_len()..(img + 1) * g.in_len()];
+                    if g.pointwise() {
+                        for (r, src) in xi.chunks(ohw).enumerate() {
+                            col[r * ld + j * ohw..][..ohw].copy_from_slice(src);
                         }
-                        (&dyg[..], cols, &col[..], cols)
-                    };
-                // SAFETY: dw is c_out×ckk; lhs is c_out×cols (row stride lhs_rs); rhs is the
-                // transpose of a ckk×cols matrix with row stride rhs_ld; buffers are distinct.
+                    } else {
+                        im2col(g, xi, &mut col, ld, j * ohw);
+                    }
+                    let gi = &dy[img * g.out_len()..(img + 1) * g.out_len()];
+                    for (r, src) in gi.chunks(ohw).enumerate() {
+                        dyg[r * ld + j * ohw..][..ohw].copy_from_slice(src);
+                    }
+                }
+                let (lhs, lhs_rs, rhs, rhs_ld): (&[T], usize, &[T], usize) =
+                    (&dyg[..], ld, &col[..], ld);
+                // SAFETY: dw_t is c_out×ckk column-major; lhs is c_out×cols (row stride
+                // lhs_rs); rhs is the transpose of a ckk×cols matrix with row stride rhs_ld;
+                // buffers are distinct.
                 unsafe {
                     matmul(
                         (c_out, ckk, cols),
-                        (dw.as_mut_ptr(), ckk, 1),
+                        (dw_t.as_mut_ptr(), 1, c_out),
                         !first,
                         (lhs.as_ptr(), lhs_rs, 1),
                         (rhs.as_ptr(), 1, rhs_ld),
@@ -357,6 +386,11 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                     for s in lhs[co * lhs_rs..co * lhs_rs + cols].iter() {
                         *d += *s;
                     }
+                }
+            }
+            for (co, row) in dw.chunks_mut(ckk).enumerate() {
+                for (r, d) in row.iter_mut().enumerate() {
+                    *d = dw_t[r * c_out + co];
                 }
             }
             acc
@@ -373,36 +407,37 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
 fn input_grad<T: WithDType>(g: &Geom, dy: &[T], wt: &[T]) -> Vec<T> {
     let (ckk, ohw) = (g.ckk(), g.ohw());
     let par = inner_parallelism(g.n);
-    let mut dx = vec![T::zero(); g.n * g.in_len()];
-    dx.par_chunks_mut(g.in_len())
-        .zip(dy.par_chunks(g.out_len()))
-        .for_each_init(Vec::new, |col: &mut Vec<T>, (dxi, gi)| {
-            let direct = g.pointwise();
-            if !direct {
-                col.resize(ckk * ohw, T::zero());
-            }
-            let dst = if direct {
-                dxi.as_mut_ptr()
-            } else {
-                col.as_mut_ptr()
-            };
-            // SAFETY: dst is ckk×ohw (dxi itself when pointwise); wt viewed as its transpose
-            // (ckk×c_out, row stride 1, column stride ckk); gi is c_out×ohw.
-            unsafe {
-                matmul(
-                    (ckk, ohw, g.c_out),
-                    (dst, ohw, 1),
-                    false,
-                    (wt.as_ptr(), 1, ckk),
-                    (gi.as_ptr(), ohw, 1),
-                    par,
-                )
-            };
-            if !direct {
-                col2im(g, col, dxi);
-            }
-        });
-    dx
+    written_by(g.n * g.in_len(), |dx| {
+        dx.par_chunks_mut(g.in_len())
+            .zip(dy.par_chunks(g.out_len()))
+            .for_each_init(Vec::new, |col: &mut Vec<T>, (dxi, gi)| {
+                let direct = g.pointwise();
+                if !direct {
+                    col.resize(ckk * ohw, T::zero());
+                }
+                let dst = if direct {
+                    dxi.as_mut_ptr().cast::<T>()
+                } else {
+                    col.as_mut_ptr()
+                };
+                // SAFETY: dst is ckk×ohw (dxi itself when pointwise, overwritten without being
+                // read); wt viewed as its transpose (ckk×c_out, row stride 1, column stride ckk);
+                // gi is c_out×ohw.
+                unsafe {
+                    matmul(
+                        (ckk, ohw, g.c_out),
+                        (dst, ohw, 1),
+                        false,
+                        (wt.as_ptr(), 1, ckk),
+                        (gi.as_ptr(), ohw, 1),
+                        par,
+                    )
+                };
+                if !direct {
+                    col2im(g, col, dxi);
+                }
+            });
+    })
 }
 
 /// The forward op on (input, weight[, bias]).
@@ -550,14 +585,15 @@ impl CustomOp2 for ReluMask {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn mask<T: WithDType>(g: &[T], y: &[T]) -> CpuStorage {
-            let mut out = vec![T::zero(); g.len()];
-            out.par_chunks_mut(1 << 14)
-                .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                .for_each(|(o, (g, y))| {
-                    for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                        *o = if y > T::zero() { g } else { T::zero() };
-                    }
-                });
+            let out = written_by(g.len(), |out| {
+                out.par_chunks_mut(1 << 14)
+                    .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                    .for_each(|(o, (g, y))| {
+                        for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                            o.write(if y > T::zero() { g } else { T::zero() });
+                        }
+                    });
+            });
             T::to_cpu_storage_owned(out)
         }
         let storage = match s1.dtype() {

@@ -9,7 +9,9 @@
 //! `conv` and `bn`).
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::batch_norm::{batch_norm_2d, BatchNorm2d};
 
 use crate::conv::{conv2d, ConvOptions};
 use crate::error::{Error, Result};
@@ -139,32 +141,12 @@ impl Module for ConvLayer {
     }
 }
 
-/// PyTorch's default batch-norm momentum: `running = (1 − m)·running + m·batch`.
-pub const BN_MOMENTUM: f64 = 0.1;
-
-/// Batch norm over `channels` as PyTorch's `BatchNorm2d` (ε = 1e-5, affine) with `momentum`
-/// ([`BN_MOMENTUM`] by default): `weight`, `bias`, `running_mean`, `running_var` under `vb`.
-pub fn batch_norm_2d(channels: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
-    if !(0.0..=1.0).contains(&momentum) {
-        return Err(Error::InvalidConfig {
-            layer: "batch_norm",
-            field: "momentum",
-            problem: format!("must be in [0, 1], got {momentum}"),
-        });
-    }
-    let cfg = BatchNormConfig {
-        momentum,
-        ..BatchNormConfig::default()
-    };
-    Ok(candle_nn::batch_norm(channels, cfg, vb)?)
-}
-
 /// Convolution then batch norm, no activation (the caller applies it, possibly after a
 /// residual sum).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     conv: ConvLayer,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
 }
 
 impl ConvBn {
@@ -199,7 +181,7 @@ impl ModuleT for ConvBn {
 /// Pre-activation unit: batch norm, activation, then convolution.
 #[derive(Clone, Debug)]
 pub struct BnActConv {
-    bn: BatchNorm,
+    bn: BatchNorm2d,
     activation: Activation,
     conv: ConvLayer,
 }
@@ -231,7 +213,10 @@ impl BnActConv {
 
 impl ModuleT for BnActConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let xs = self.activation.apply(&self.bn.forward_t(xs, train)?)?;
+        let xs = match self.activation {
+            Activation::Relu => self.bn.forward_relu(xs, train)?,
+            act => act.apply(&self.bn.forward_t(xs, train)?)?,
+        };
         self.conv.forward(&xs)
     }
 }
@@ -239,6 +224,7 @@ impl ModuleT for BnActConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch_norm::BN_MOMENTUM;
     use crate::init::seeded_var_builder;
     use crate::model::ParamRole;
     use candle_core::{DType, Device};
@@ -289,13 +275,6 @@ mod tests {
         );
         assert_eq!(ConvBn::param_count(&spec), 8 * 3 * 9 + 16);
         assert_eq!(spec.macs(6, 6), 36 * 8 * 3 * 9);
-    }
-
-    #[test]
-    fn momentum_outside_zero_one_is_refused() {
-        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-        let err = batch_norm_2d(4, 1.5, vb).unwrap_err().to_string();
-        assert!(err.contains("`momentum` must be in [0, 1]"), "{err}");
     }
 
     #[test]

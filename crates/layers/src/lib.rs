@@ -11,15 +11,19 @@ Shared layers for the NIN family, and the ops candle lacks to train them.
   backpropagate NIN's overlapping 3×3 stride-2 windows).
 - [`ConvBn`] and [`BnActConv`]: convolution with batch norm after it (residual blocks) or
   batch norm and activation before it (dense blocks), over a [`ConvLayer`] whose bias is optional.
+- [`BatchNorm2d`] and [`elu`]: batch norm (ReLU fused in) and ELU as single ops forward and
+  backward, where candle's are a dozen whole-tensor passes each.
 - [`Dropout`] and [`seeded_var_builder`]: dropout masks and initial weights from a seeded
   generator, because candle's CPU generator cannot be seeded.
 - [`ClassMapModel`]: the contract every model of the zoo keeps.
 */
 #![deny(missing_docs)]
 
+mod batch_norm;
 mod conv;
 mod conv_bn;
 mod dropout;
+mod elu;
 mod error;
 mod gap;
 mod init;
@@ -28,9 +32,11 @@ mod model;
 mod pool;
 mod rng;
 
+pub use batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
 pub use conv::{conv2d, ConvOptions};
-pub use conv_bn::{batch_norm_2d, BnActConv, ConvBn, ConvLayer, ConvSpec, BN_MOMENTUM};
+pub use conv_bn::{BnActConv, ConvBn, ConvLayer, ConvSpec};
 pub use dropout::Dropout;
+pub use elu::elu;
 pub use error::{Error, Result};
 pub use gap::{global_avg_pool, global_avg_pool_with_maps, GapOutput};
 pub use init::{init_tensor, seeded_var_builder, WeightInit};

@@ -2,7 +2,9 @@
 //! i.e. a small multilayer perceptron slid over every position of the image.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+
+use crate::batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
 
 use crate::conv::{conv2d, ConvOptions};
 use crate::error::{Error, Result};
@@ -28,7 +30,7 @@ impl Activation {
     pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Relu => xs.relu(),
-            Self::Elu { alpha } => xs.elu(alpha),
+            Self::Elu { alpha } => crate::elu::elu(xs, alpha),
             Self::Identity => Ok(xs.clone()),
         }
     }
@@ -215,7 +217,7 @@ impl Module for Conv2d {
 #[derive(Clone, Debug)]
 pub struct MlpConv {
     convs: Vec<Conv2d>,
-    norms: Vec<BatchNorm>,
+    norms: Vec<BatchNorm2d>,
     activations: Vec<Activation>,
 }
 
@@ -242,11 +244,7 @@ impl MlpConv {
             };
             convs.push(conv);
             if cfg.batch_norm {
-                norms.push(candle_nn::batch_norm(
-                    c_out,
-                    BatchNormConfig::default(),
-                    vb.pp("bn").pp(i),
-                )?);
+                norms.push(batch_norm_2d(c_out, BN_MOMENTUM, vb.pp("bn").pp(i))?);
             }
             c_in = c_out;
         }
@@ -272,10 +270,11 @@ impl ModuleT for MlpConv {
                 continue;
             }
             xs = conv.forward(&xs)?;
-            if let Some(norm) = self.norms.get(i) {
-                xs = norm.forward_t(&xs, train)?;
-            }
-            xs = self.activations[i].apply(&xs)?;
+            xs = match (self.norms.get(i), self.activations[i]) {
+                (Some(norm), Activation::Relu) => norm.forward_relu(&xs, train)?,
+                (Some(norm), act) => act.apply(&norm.forward_t(&xs, train)?)?,
+                (None, act) => act.apply(&xs)?,
+            };
         }
         Ok(xs)
     }

@@ -2,8 +2,10 @@
 //! chosen layers are channel-window convolutions instead of dense ones.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
-use nin_layers::{Activation, Conv2d, Error, MlpConvConfig, Result};
+use candle_nn::VarBuilder;
+use nin_layers::{
+    batch_norm_2d, Activation, BatchNorm2d, Conv2d, Error, MlpConvConfig, Result, BN_MOMENTUM,
+};
 
 use crate::window::{ChannelWindowConfig, ChannelWindowConv};
 
@@ -158,7 +160,7 @@ impl Module for BlockConv {
 #[derive(Clone, Debug)]
 pub struct CicBlock {
     convs: Vec<BlockConv>,
-    norms: Vec<BatchNorm>,
+    norms: Vec<BatchNorm2d>,
     activations: Vec<Activation>,
 }
 
@@ -204,11 +206,7 @@ impl CicBlock {
             };
             convs.push(conv);
             if m.batch_norm {
-                norms.push(candle_nn::batch_norm(
-                    c_out,
-                    BatchNormConfig::default(),
-                    vb.pp("bn").pp(i),
-                )?);
+                norms.push(batch_norm_2d(c_out, BN_MOMENTUM, vb.pp("bn").pp(i))?);
             }
         }
         Ok(Self {
@@ -228,10 +226,11 @@ impl ModuleT for CicBlock {
                 continue;
             }
             xs = conv.forward(&xs)?;
-            if let Some(norm) = self.norms.get(i) {
-                xs = norm.forward_t(&xs, train)?;
-            }
-            xs = self.activations[i].apply(&xs)?;
+            xs = match (self.norms.get(i), self.activations[i]) {
+                (Some(norm), Activation::Relu) => norm.forward_relu(&xs, train)?,
+                (Some(norm), act) => act.apply(&norm.forward_t(&xs, train)?)?,
+                (None, act) => act.apply(&xs)?,
+            };
         }
         Ok(xs)
     }

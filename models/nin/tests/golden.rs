@@ -24,7 +24,7 @@ fn check(path: &Path) -> Vec<GoldenCase> {
 #[test]
 fn reduced_width_nin_matches_pytorch() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/nin_golden.safetensors");
-    assert_eq!(check(&path).len(), 3);
+    assert_eq!(check(&path).len(), 4);
 }
 
 /// The full-width fixture (16 MB) is not committed: write it with

@@ -252,8 +252,16 @@ fn col2im<T: WithDType>(g: &Geom, col: &[T], dx: &mut [MaybeUninit<T>]) {
                     let src = &row[oy * g.ow..(oy + 1) * g.ow];
                     let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
                     let ix0 = lo * g.stride + kx - g.pad;
-                    for (i, v) in src[lo..hi].iter().enumerate() {
-                        dst[ix0 + i * g.stride] += *v;
+                    if g.stride == 1 {
+                        // Slices of one length, so the add vectorises.
+                        let dst = &mut dst[ix0..ix0 + hi - lo];
+                        for (d, v) in dst.iter_mut().zip(&src[lo..hi]) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (i, v) in src[lo..hi].iter().enumerate() {
+                            dst[ix0 + i * g.stride] += *v;
+                        }
                     }
                 }
             }
@@ -324,6 +332,22 @@ fn forward<T: WithDType>(g: &Geom, x: &[T], wt: &[T], bias: Option<&[T]>, relu: 
     })
 }
 
+/// The sum of `xs` over sixteen independent accumulators: one running sum is a chain of
+/// dependent adds that does not vectorise.
+fn lane_sum<T: WithDType>(xs: &[T]) -> T {
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
+    }
+    rest.iter()
+        .fold(acc.iter().fold(T::zero(), |s, &a| s + a), |s, &v| s + v)
+}
+
 /// `[dW (c_out·ckk), db (c_out)]` summed over the batch.
 fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let (ckk, ohw, c_out) = (g.ckk(), g.ohw(), g.c_out);
@@ -383,9 +407,7 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                 };
                 first = false;
                 for (co, d) in db.iter_mut().enumerate() {
-                    for s in lhs[co * lhs_rs..co * lhs_rs + cols].iter() {
-                        *d += *s;
-                    }
+                    *d += lane_sum(&lhs[co * lhs_rs..co * lhs_rs + cols]);
                 }
             }
             for (co, row) in dw.chunks_mut(ckk).enumerate() {

@@ -110,7 +110,7 @@ struct CaseMeta<C> {
 /// dict is loaded into a `VarMap`, `build` makes the model from it, and the class maps, logits,
 /// cross-entropy loss, every gradient and every buffer after the step must match: float32 cases
 /// to `tolerance`, float64 cases to 1e-9 (relative to the tensor's largest value, floored at
-/// 1e-3 in float32 and 1e-4 in float64). The model must ask for exactly PyTorch's tensors.
+/// 1e-2 in float32 and 1e-4 in float64). The model must ask for exactly PyTorch's tensors.
 ///
 /// # Panics
 /// On any mismatch or unreadable fixture: this is for tests.
@@ -128,11 +128,12 @@ pub fn check_golden_fixture<C: DeserializeOwned>(
     for (name, json) in meta.iter().filter(|(k, _)| *k != "torch") {
         let case: CaseMeta<C> = serde_json::from_str(json).unwrap();
         let get = |key: &str| tensors[&format!("{name}.{key}")].clone();
-        // The floor of the relative error's scale: a gradient that is zero in theory is float
-        // noise, about 1e-17 in float64 and up to 1e-8 in float32.
+        // The floor of the relative error's scale: a gradient that is zero in theory (the bias
+        // of a convolution that batch norm follows) is rounding noise that depends on the order
+        // of summation, about 1e-17 in float64 and up to 1e-7 in float32.
         let (dtype, tolerance, floor) = match case.dtype.as_str() {
             "float64" => (DType::F64, 1e-9, 1e-4),
-            _ => (DType::F32, tolerance, 1e-3),
+            _ => (DType::F32, tolerance, 1e-2),
         };
         let rel_err = |got: &Tensor, want: &Tensor| rel_err_floored(got, want, floor);
 

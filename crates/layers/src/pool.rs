@@ -5,12 +5,14 @@
 //! padding or ceil mode. These ops follow PyTorch's `MaxPool2d`/`AvgPool2d` exactly: output size,
 //! padding, ceil mode, `count_include_pad`, the gradient of a max going to the first maximal cell
 //! in row-major order, and overlapping windows accumulating. Forward and backward run one
-//! (image, channel) plane per rayon task. Only the CPU is implemented: on other devices the ops
+//! (image, channel) plane per rayon task; a max pool whose input tracks a gradient records where
+//! each maximum came from (as PyTorch's indices), so its backward is a scatter. Only the CPU is implemented: on other devices the ops
 //! return candle's "no cuda implementation" error rather than a silent fallback.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -125,7 +127,13 @@ pub fn pool2d(xs: &Tensor, cfg: &Pool2dConfig) -> Result<Tensor> {
             ),
         });
     }
-    Ok(xs.contiguous()?.apply_op1(Pool2dOp { cfg: *cfg })?)
+    let op = Pool2dOp {
+        cfg: *cfg,
+        // A max pool that will be differentiated keeps where each maximum came from, so its
+        // backward is one scatter instead of a second search of every window.
+        argmax: (cfg.kind == PoolKind::Max && xs.track_op()).then(OnceLock::new),
+    };
+    Ok(xs.contiguous()?.apply_op1(op)?)
 }
 
 fn dims4(xs: &Tensor, op: &'static str) -> Result<(usize, usize, usize, usize)> {
@@ -138,6 +146,9 @@ fn dims4(xs: &Tensor, op: &'static str) -> Result<(usize, usize, usize, usize)> 
 
 struct Pool2dOp {
     cfg: Pool2dConfig,
+    /// For a max pool on the gradient path: the in-plane index of each output's maximum
+    /// (`u32::MAX` for a window without cells), written by the forward.
+    argmax: Option<OnceLock<Vec<u32>>>,
 }
 
 /// Plane geometry shared by forward and backward kernels.
@@ -210,35 +221,68 @@ fn argmax_in_window<T: WithDType>(
     best.map(|(i, _)| i)
 }
 
-fn forward_kernel<T: WithDType>(cfg: &Pool2dConfig, input: &[T], g: Planes) -> Vec<T> {
-    let mut out = vec![T::zero(); g.n_planes * g.oh * g.ow];
-    out.par_chunks_mut(g.oh * g.ow)
-        .zip(input.par_chunks(g.h * g.w))
-        .for_each(|(out_plane, plane)| {
-            for oy in 0..g.oh {
-                let (h0, h1, hspan) = cfg.window(oy, g.h);
-                for ox in 0..g.ow {
-                    let (w0, w1, wspan) = cfg.window(ox, g.w);
-                    out_plane[oy * g.ow + ox] = match cfg.kind {
-                        PoolKind::Max => match argmax_in_window(plane, g.w, (h0, h1), (w0, w1)) {
-                            Some(i) => plane[i],
-                            None => T::from_f64(f64::NEG_INFINITY),
-                        },
-                        PoolKind::Avg => {
-                            let mut sum = T::zero();
-                            for y in h0..h1 {
-                                for v in &plane[y * g.w + w0..y * g.w + w1] {
-                                    sum += *v;
-                                }
-                            }
-                            let divisor = avg_divisor(cfg, (h0, h1, hspan), (w0, w1, wspan));
-                            sum / T::from_f64(divisor as f64)
-                        }
-                    };
-                }
-            }
-        });
+fn forward_kernel<T: WithDType>(
+    cfg: &Pool2dConfig,
+    input: &[T],
+    g: Planes,
+    argmax: Option<&OnceLock<Vec<u32>>>,
+) -> Vec<T> {
+    let len = g.n_planes * g.oh * g.ow;
+    let mut out = vec![T::zero(); len];
+    let planes = out
+        .par_chunks_mut(g.oh * g.ow)
+        .zip(input.par_chunks(g.h * g.w));
+    match argmax {
+        Some(cell) => {
+            let mut indices = vec![0u32; len];
+            planes
+                .zip(indices.par_chunks_mut(g.oh * g.ow))
+                .for_each(|((out, plane), idx)| pool_plane(cfg, g, plane, out, Some(idx)));
+            // A forward runs once per op; should candle ever run it twice, the indices agree.
+            let _ = cell.set(indices);
+        }
+        None => planes.for_each(|(out, plane)| pool_plane(cfg, g, plane, out, None)),
+    }
     out
+}
+
+/// Pools one plane into `out`, recording each maximum's in-plane index into `argmax` if given.
+fn pool_plane<T: WithDType>(
+    cfg: &Pool2dConfig,
+    g: Planes,
+    plane: &[T],
+    out: &mut [T],
+    mut argmax: Option<&mut [u32]>,
+) {
+    for oy in 0..g.oh {
+        let (h0, h1, hspan) = cfg.window(oy, g.h);
+        for ox in 0..g.ow {
+            let (w0, w1, wspan) = cfg.window(ox, g.w);
+            let o = oy * g.ow + ox;
+            out[o] = match cfg.kind {
+                PoolKind::Max => {
+                    let best = argmax_in_window(plane, g.w, (h0, h1), (w0, w1));
+                    if let Some(idx) = argmax.as_deref_mut() {
+                        idx[o] = best.map_or(u32::MAX, |i| i as u32);
+                    }
+                    match best {
+                        Some(i) => plane[i],
+                        None => T::from_f64(f64::NEG_INFINITY),
+                    }
+                }
+                PoolKind::Avg => {
+                    let mut sum = T::zero();
+                    for y in h0..h1 {
+                        for v in &plane[y * g.w + w0..y * g.w + w1] {
+                            sum += *v;
+                        }
+                    }
+                    let divisor = avg_divisor(cfg, (h0, h1, hspan), (w0, w1, wspan));
+                    sum / T::from_f64(divisor as f64)
+                }
+            };
+        }
+    }
 }
 
 fn avg_divisor(
@@ -314,11 +358,13 @@ impl CustomOp1 for Pool2dOp {
                 &self.cfg,
                 contiguous_slice::<f32>(storage, layout, self.name())?,
                 g,
+                self.argmax.as_ref(),
             )),
             CpuStorage::F64(_) => CpuStorage::F64(forward_kernel(
                 &self.cfg,
                 contiguous_slice::<f64>(storage, layout, self.name())?,
                 g,
+                self.argmax.as_ref(),
             )),
             other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
         };
@@ -332,8 +378,72 @@ impl CustomOp1 for Pool2dOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let grad_res = grad_res.contiguous()?;
-        let grad = arg.apply_op2_no_bwd(&grad_res, &Pool2dBackwardOp { cfg: self.cfg })?;
+        let grad = match self.argmax.as_ref().and_then(OnceLock::get) {
+            Some(argmax) => grad_res.apply_op1_no_bwd(&MaxPoolScatterOp {
+                argmax,
+                in_shape: arg.shape().clone(),
+            })?,
+            None => arg.apply_op2_no_bwd(&grad_res, &Pool2dBackwardOp { cfg: self.cfg })?,
+        };
         Ok(Some(grad))
+    }
+}
+
+/// Gradient of a max [`Pool2dOp`] from its recorded maxima: each output's gradient added onto the
+/// cell its maximum came from.
+struct MaxPoolScatterOp<'a> {
+    argmax: &'a [u32],
+    in_shape: Shape,
+}
+
+impl CustomOp1 for MaxPoolScatterOp<'_> {
+    fn name(&self) -> &'static str {
+        "nin-max-pool2d-scatter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: WithDType>(argmax: &[u32], grad: &[T], in_shape: &Shape) -> Vec<T> {
+            let (n, c, h, w) = in_shape.dims4().unwrap_or_default();
+            let out_plane = grad.len() / (n * c).max(1);
+            let mut grad_in = vec![T::zero(); n * c * h * w];
+            grad_in
+                .par_chunks_mut(h * w)
+                .zip(grad.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
+                .for_each(|(gin, (gout, idx))| {
+                    for (&g, &i) in gout.iter().zip(idx) {
+                        if let Some(cell) = gin.get_mut(i as usize) {
+                            *cell += g;
+                        }
+                    }
+                });
+            grad_in
+        }
+        if layout.shape().elem_count() != self.argmax.len() {
+            candle_core::bail!(
+                "{}: gradient {:?} does not match the {} recorded maxima",
+                self.name(),
+                layout.dims(),
+                self.argmax.len()
+            );
+        }
+        let out = match grad {
+            CpuStorage::F32(_) => CpuStorage::F32(run(
+                self.argmax,
+                contiguous_slice::<f32>(grad, layout, self.name())?,
+                &self.in_shape,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(run(
+                self.argmax,
+                contiguous_slice::<f64>(grad, layout, self.name())?,
+                &self.in_shape,
+            )),
+            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
+        };
+        Ok((out, self.in_shape.clone()))
     }
 }
 
@@ -440,6 +550,39 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn recorded_maxima_give_the_gradient_a_search_of_every_window_gives() {
+        // Rounded values make ties; a NaN and a padded, ceil-mode geometry test the edges.
+        let mut values: Vec<f32> = (0..2 * 3 * 9 * 7)
+            .map(|i| ((i * 7919 % 23) as f32 / 4.0).round())
+            .collect();
+        values[40] = f32::NAN;
+        let x = Tensor::from_vec(values, (2, 3, 9, 7), &Device::Cpu).unwrap();
+        for c in [
+            cfg(PoolKind::Max, 3, 2, 1, true),
+            Pool2dConfig::nin(PoolKind::Max),
+        ] {
+            let var = Var::from_tensor(&x).unwrap();
+            let y = pool2d(var.as_tensor(), &c).unwrap();
+            let weights = Tensor::rand(0f32, 1.0, y.shape(), &Device::Cpu).unwrap();
+            let grads = (&y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let scattered = grads.get(var.as_tensor()).unwrap();
+            let searched = x
+                .apply_op2_no_bwd(&weights, &Pool2dBackwardOp { cfg: c })
+                .unwrap();
+            let (a, b) = (
+                scattered.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                searched.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(a, b, "{c:?}");
+        }
     }
 
     #[test]

@@ -303,29 +303,33 @@ fn forward<T: WithDType>(g: &Geom, x: &[T], wt: &[T], bias: Option<&[T]>, relu: 
                     im2col(g, xi, col, ohw, 0);
                     col
                 };
-                if let Some(b) = bias {
-                    for (row, &bv) in y.chunks_mut(ohw).zip(b) {
-                        row.fill(MaybeUninit::new(bv));
-                    }
-                }
                 // SAFETY: y is c_out×ohw, wt c_out×ckk, rhs ckk×ohw, all row-major and distinct;
-                // without a bias the GEMM overwrites y without reading it.
+                // the GEMM overwrites y without reading it.
                 unsafe {
                     matmul(
                         (g.c_out, ohw, ckk),
                         (y.as_mut_ptr().cast::<T>(), ohw, 1),
-                        bias.is_some(),
+                        false,
                         (wt.as_ptr(), ckk, 1),
                         (rhs.as_ptr(), ohw, 1),
                         par,
                     )
                 };
-                if relu {
-                    // SAFETY: the GEMM has written all of y.
-                    let y = unsafe { assume_init(y) };
-                    // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
-                    for v in y.iter_mut() {
-                        *v = if *v < T::zero() { T::zero() } else { *v };
+                // SAFETY: the GEMM has written all of y.
+                let y = unsafe { assume_init(y) };
+                // Bias and ReLU in one pass over the image's output while it is in cache, rather
+                // than filling the output with the bias for the GEMM to accumulate onto.
+                let zero = T::zero();
+                for (c, row) in y.chunks_mut(ohw).enumerate() {
+                    let b = bias.map_or(zero, |b| b[c]);
+                    match (bias.is_some(), relu) {
+                        // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
+                        (_, true) => row.iter_mut().for_each(|v| {
+                            let s = *v + b;
+                            *v = if s < zero { zero } else { s };
+                        }),
+                        (true, false) => row.iter_mut().for_each(|v| *v += b),
+                        (false, false) => {}
                     }
                 }
             });

@@ -12,6 +12,7 @@ mod data;
 mod eval;
 mod list;
 mod predict;
+mod runtime;
 mod train;
 
 /// Network-in-Network CIFAR model zoo.
@@ -52,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     alloc::keep_freed_memory();
+    runtime::park_candle_pool_early();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

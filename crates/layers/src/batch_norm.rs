@@ -198,6 +198,36 @@ fn channel<T>(
     (0..n).map(move |i| &data[(i * c_count + c) * hw..][..hw])
 }
 
+/// `dx = k·g + b·x + c0` over one plane, `g` being `dy` where `x·scale + shift > 0` and 0
+/// elsewhere (when `relu_affine` is given). A function of plain slices of one length, so that the loop
+/// vectorises.
+fn input_grad_plane<T: WithDType>(
+    dx: &mut [T],
+    xs: &[T],
+    dys: &[T],
+    relu_affine: Option<(T, T)>,
+    (k, b, c0): (T, T, T),
+) {
+    let n = dx.len().min(xs.len()).min(dys.len());
+    let (dx, xs, dys) = (&mut dx[..n], &xs[..n], &dys[..n]);
+    let zero = T::zero();
+    match relu_affine {
+        Some((scale, shift)) => {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
+                // Both operands loaded first: a select of two values vectorises, a conditional
+                // load does not.
+                let g = if x * scale + shift > zero { dy } else { zero };
+                *dx = k * g + b * x + c0;
+            }
+        }
+        None => {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
+                *dx = k * dy + b * x + c0;
+            }
+        }
+    }
+}
+
 /// `(Σ f(a, b).0, Σ f(a, b).1)` over the pairs of one plane, summed in `T` over sixteen
 /// independent lanes (one running sum is a chain of dependent adds that does not vectorise) and
 /// returned in f64, in which the caller adds the planes up: PyTorch's CPU kernel sums the same
@@ -394,13 +424,14 @@ impl CustomOp3 for NormGradOp<'_> {
             let (gamma, beta) = gb.split_at(d.1);
             let affine = op.affine(gamma, beta);
             let (count, zero, relu) = ((d.0 * d.2) as f64, T::zero(), op.relu);
-            // The gradient that reaches the norm: dy, masked where the fused ReLU cut (the same
-            // sign test as the forward's).
+            // The gradient that reaches the norm: dy, masked where the fused ReLU's output is
+            // not positive (PyTorch's rule, which also masks a NaN output); the same sign test
+            // as `input_grad_plane`'s.
             let live = |(scale, shift): (T, T), x: T, dy: T| {
-                if relu && x * scale + shift <= zero {
-                    zero
-                } else {
+                if !relu || x * scale + shift > zero {
                     dy
+                } else {
+                    zero
                 }
             };
             // Σ dy and Σ dy·(x − μ) per channel.
@@ -447,10 +478,7 @@ impl CustomOp3 for NormGradOp<'_> {
                 .enumerate()
                 .for_each(|(plane, (dx, (xs, dys)))| {
                     let c = plane % d.1;
-                    let (ab, (k, b, c0)) = (affine[c], coefficients[c]);
-                    for ((dx, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
-                        *dx = k * live(ab, x, dy) + b * x + c0;
-                    }
+                    input_grad_plane(dx, xs, dys, relu.then_some(affine[c]), coefficients[c]);
                 });
             out
         }

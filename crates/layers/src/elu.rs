@@ -41,7 +41,8 @@ impl CustomOp1 for Elu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: WithDType>(x: &[T], alpha: f64) -> Vec<T> {
+        // `exp` in the tensor's own precision: f32's is several times cheaper than f64's.
+        fn run<T: WithDType>(x: &[T], alpha: f64, exp: fn(T) -> T) -> Vec<T> {
             let (alpha, one, zero) = (T::from_f64(alpha), T::one(), T::zero());
             let mut out = vec![zero; x.len()];
             out.par_chunks_mut(CHUNK)
@@ -51,15 +52,15 @@ impl CustomOp1 for Elu {
                         *y = if x > zero {
                             x
                         } else {
-                            alpha * (T::from_f64(x.to_f64().exp()) - one)
+                            alpha * (exp(x) - one)
                         };
                     }
                 });
             out
         }
         let storage = match s.dtype() {
-            DType::F32 => CpuStorage::F32(run(slice::<f32>(s, l)?, self.alpha)),
-            DType::F64 => CpuStorage::F64(run(slice::<f64>(s, l)?, self.alpha)),
+            DType::F32 => CpuStorage::F32(run(slice::<f32>(s, l)?, self.alpha, f32::exp)),
+            DType::F64 => CpuStorage::F64(run(slice::<f64>(s, l)?, self.alpha, f64::exp)),
             dt => candle_core::bail!("elu: unsupported dtype {dt:?}"),
         };
         Ok((storage, l.shape().clone()))

@@ -9,7 +9,8 @@ same way. Only the paper's abstract was available to us, so the windows and widt
 instantiation** (pinned in the zoo's `models.md`), not the authors' exact networks:
 
 - the NIN skeleton (preset `nin` of `nin-model-nin`: widths, kernels, ceil-mode pooling, dropout
-  0.5, ReLU after every convolution, N(0, 0.05²) weights, no batch norm);
+  0.5, ReLU after every convolution, N(0, 0.05²) weights (a channel-window layer's std scaled by
+  √(in/w), so that it passes on a dense layer's variance), no batch norm);
 - [`Config::cic_1d`]: every 1×1 layer except the class layer is a channel-window convolution with
   window w = 48; [`Config::cic_3d`]: also the k×k convolutions of mlpconv2 and mlpconv3;
 - output channel j reads input channels `[s_j, s_j + w)`, `s_j = round(j·(in − w)/(out − 1))`
@@ -82,7 +83,8 @@ pub struct Config {
     /// Batch norm after every convolution, before its ReLU.
     #[serde(default)]
     pub batch_norm: bool,
-    /// Initialisation of the convolution weights (fan-in schemes see the compact shape).
+    /// Initialisation of the convolution weights. Fan-in schemes see a channel-window layer's
+    /// compact shape; a fixed-std `normal` is scaled by `√(in/w)` on those layers.
     #[serde(default = "default_init")]
     pub init: WeightInit,
 }

@@ -1,11 +1,14 @@
 //! `nin eval`: accuracy of a trained model directory on a CIFAR split: top-1, top-5, per class,
 //! and the confusion matrix.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split};
+use nin_data::{
+    Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
+};
 
 use crate::common::{dataset_for_classes, load_dataset, parse_device, set_threads, LoaderSource};
 use crate::data::DatasetArg;
@@ -89,11 +92,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         set = set.limit(n);
     }
     let n_images = set.len();
-    let normalize = normalize_of(&loaded.config.pretrained_cfg)?;
+    let preprocess = preprocess_of(&args.model, &loaded.config.pretrained_cfg)?;
     let mut source = LoaderSource(Loader::new(
         set,
         LoaderConfig::eval(args.batch_size),
-        Preprocess::Normalize(normalize),
+        preprocess,
         device.clone(),
     )?);
     let report = nin_train::evaluate(loaded.model.as_ref(), &mut source, &device)?;
@@ -154,6 +157,24 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How the model directory `dir` wants pixels turned into inputs: its whitening file if its
+/// `pretrained_cfg` names one, else mean/std normalisation.
+pub fn preprocess_of(dir: &Path, cfg: &nin_train::PretrainedCfg) -> anyhow::Result<Preprocess> {
+    Ok(match &cfg.whitening {
+        Some(name) => {
+            let path = dir.join(name);
+            let zca = Zca::load(&path).with_context(|| {
+                format!(
+                    "config.json: pretrained_cfg.whitening names {}, which is not a whitening file",
+                    path.display()
+                )
+            })?;
+            Preprocess::GcnZca(Arc::new(zca))
+        }
+        None => Preprocess::Normalize(normalize_of(cfg)?),
+    })
 }
 
 /// The normalisation a model directory's `pretrained_cfg` asks for.

@@ -6,9 +6,10 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Args;
 use image::imageops::FilterType;
+use nin_data::Preprocess;
 
 use crate::common::{parse_device, set_threads};
-use crate::eval::normalize_of;
+use crate::eval::preprocess_of;
 
 /// Arguments of `nin predict`.
 #[derive(Debug, Args)]
@@ -45,23 +46,43 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     if channels != 3 {
         anyhow::bail!("config.json: pretrained_cfg.input_size has {channels} channels; only RGB (3) is supported");
     }
-    let normalize = normalize_of(&cfg.pretrained_cfg)?;
-    let mut inputs = Vec::with_capacity(args.images.len() * 3 * height * width);
+    let preprocess = preprocess_of(&args.model, &cfg.pretrained_cfg)?;
+    if matches!(preprocess, Preprocess::GcnZca(_)) && [height, width] != [32, 32] {
+        anyhow::bail!(
+            "config.json: a whitened model takes 32×32 inputs, but pretrained_cfg.input_size is {:?}",
+            cfg.pretrained_cfg.input_size
+        );
+    }
+    // Each image resized to the model's input, as CHW bytes.
+    let mut pixels = Vec::with_capacity(args.images.len() * 3 * height * width);
     for path in &args.images {
         let img = image::open(path)
             .with_context(|| format!("{}: not a readable PNG or JPEG image", path.display()))?
             .to_rgb8();
         let img = image::imageops::resize(&img, width as u32, height as u32, FilterType::Triangle);
-        // HWC bytes → normalised CHW floats.
         for c in 0..3 {
             for y in 0..height {
                 for x in 0..width {
-                    let v = img.get_pixel(x as u32, y as u32)[c] as f32 / 255.0;
-                    inputs.push((v - normalize.mean[c]) / normalize.std[c]);
+                    pixels.push(img.get_pixel(x as u32, y as u32)[c]);
                 }
             }
         }
     }
+    // The same transform as training's data pipeline.
+    let inputs = match &preprocess {
+        Preprocess::Normalize(n) => {
+            let plane = height * width;
+            pixels
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| {
+                    let c = i / plane % 3;
+                    (f32::from(p) / 255.0 - n.mean[c]) / n.std[c]
+                })
+                .collect()
+        }
+        Preprocess::GcnZca(zca) => zca.apply_images(&pixels)?,
+    };
     let xs = Tensor::from_vec(inputs, (args.images.len(), 3, height, width), &Device::Cpu)?
         .to_device(&device)?;
     let logits = loaded.model.forward_t(&xs, false)?;

@@ -2,7 +2,7 @@
 //! writing a run folder, and resuming an interrupted run exactly.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +10,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split};
+use nin_data::{
+    Dataset, Holdout, ImageSet, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
+    ZcaConfig,
+};
 use nin_train::{
-    Control, EpochRecord, EvalReport, Finish, ModelSpec, PretrainedCfg, Progress, Recipe,
-    RunConfig, StartReport, StepReport,
+    Control, EpochRecord, EvalReport, Finish, InputTransform, ModelSpec, PretrainedCfg, Progress,
+    Recipe, RunConfig, StartReport, StepReport,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +35,7 @@ pub struct TrainArgs {
     /// Dataset to train on.
     #[arg(long, value_enum, default_value_t = DatasetArg::Cifar10)]
     dataset: DatasetArg,
-    /// Training recipe: cpu_quick (about an hour on 2 cores), paper, modern, or a JSON file.
+    /// Training recipe: cpu_quick (NIN: about 15 minutes on 2 cores), paper, modern, or a JSON file.
     #[arg(long, default_value = "cpu_quick")]
     recipe: String,
     /// Override the recipe's number of epochs.
@@ -131,7 +134,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(n) = spec.limit_eval {
         eval_set = eval_set.limit(n);
     }
-    let preprocess = Preprocess::Normalize(spec.normalize);
+    let preprocess = match run.recipe.input {
+        InputTransform::Normalize => Preprocess::Normalize(spec.normalize),
+        InputTransform::GcnZca {
+            gcn_scale,
+            regularizer,
+        } => {
+            let cfg = ZcaConfig {
+                gcn_scale,
+                regularizer,
+            };
+            let zca = whitening(&mut run, &out, &train_set, cfg, args.resume)?;
+            Preprocess::GcnZca(Arc::new(zca))
+        }
+    };
     let train_cfg = LoaderConfig {
         augment: spec.augment,
         ..LoaderConfig::train(run.recipe.batch_size, run.seed)
@@ -236,6 +252,72 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The model a recipe that prefers batch norm trains instead of `model`: the zoo's batch-norm
+/// preset of it (`nin` → `nin_bn`), else the preset with its `batch_norm` switch turned on where
+/// its configuration has one (CiC); the rest already normalise (DrNIN, DcNIN). A `batch_norm`
+/// the user gave in `--model-args` is kept as given.
+fn prefer_batch_norm(
+    model: &str,
+    num_classes: usize,
+    overrides: Option<serde_json::Value>,
+) -> anyhow::Result<(String, Option<serde_json::Value>)> {
+    if overrides
+        .as_ref()
+        .is_some_and(|o| o.get("batch_norm").is_some())
+    {
+        return Ok((model.to_string(), overrides));
+    }
+    if let Some(variant) = nin_zoo::batch_norm_variant(model) {
+        return Ok((variant.to_string(), overrides));
+    }
+    let preset = nin_zoo::resolve_args(model, num_classes, None)?;
+    if preset.get("batch_norm") != Some(&serde_json::Value::Bool(false)) {
+        return Ok((model.to_string(), overrides));
+    }
+    let mut overrides = overrides.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(map) = overrides.as_object_mut() {
+        map.insert("batch_norm".into(), true.into());
+        eprintln!("recipe prefers batch norm: {model} with batch_norm = true");
+    }
+    Ok((model.to_string(), Some(overrides)))
+}
+
+/// File of a run's GCN + ZCA transform, in the run folder and in every model directory.
+const WHITENING_FILE: &str = "whitening.safetensors";
+
+/// The run's GCN + ZCA transform: fitted on `train_set` and saved into `out` for a new run (the
+/// engine copies it into every model directory it writes), read back from `out` on `--resume`.
+fn whitening(
+    run: &mut RunConfig,
+    out: &Path,
+    train_set: &ImageSet,
+    cfg: ZcaConfig,
+    resume: bool,
+) -> anyhow::Result<Zca> {
+    let path = out.join(WHITENING_FILE);
+    if resume {
+        return Zca::load(&path)
+            .with_context(|| format!("--resume: the run's whitening {}", path.display()));
+    }
+    if out.join(nin_train::run_dir::TRAINER_STATE_JSON).exists() {
+        bail!(
+            "--out {} already holds a run: continue it with --resume, or pick another folder",
+            out.display()
+        );
+    }
+    eprintln!(
+        "fitting GCN (scale {}) + ZCA (regulariser {}) on {} training images",
+        cfg.gcn_scale,
+        cfg.regularizer,
+        train_set.len()
+    );
+    let zca = Zca::fit(train_set, cfg)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    zca.save(&path)?;
+    run.pretrained_cfg.whitening = Some(WHITENING_FILE.to_string());
+    Ok(zca)
+}
+
 fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathBuf)> {
     let mut recipe = if args.recipe.ends_with(".json") {
         Recipe::from_file(std::path::Path::new(&args.recipe))?
@@ -260,7 +342,18 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         .map(serde_json::from_str::<serde_json::Value>)
         .transpose()
         .context("--model-args: not valid JSON")?;
-    let model_args = nin_zoo::resolve_args(&args.model, num_classes, overrides.as_ref())?;
+    let (model, overrides) = if recipe.prefer_batch_norm {
+        prefer_batch_norm(&args.model, num_classes, overrides)?
+    } else {
+        (args.model.clone(), overrides)
+    };
+    if model != args.model {
+        eprintln!(
+            "recipe {} prefers batch norm: training {model}, the batch-norm variant of {}",
+            recipe.name, args.model
+        );
+    }
+    let model_args = nin_zoo::resolve_args(&model, num_classes, overrides.as_ref())?;
     let normalize = Normalize::published(dataset);
     let augment =
         (recipe.augment.flip || recipe.augment.crop_padding > 0).then_some(nin_data::Augment {
@@ -285,7 +378,7 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| fresh_run_dir(&args.model, dataset, args.seed));
+        .unwrap_or_else(|| fresh_run_dir(&model, dataset, args.seed));
     parse_device(&args.device)?;
     let mut versions = BTreeMap::new();
     versions.insert("nin-cli".to_string(), env!("CARGO_PKG_VERSION").to_string());
@@ -293,7 +386,7 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
     let run = RunConfig {
         recipe,
         model: ModelSpec {
-            name: args.model.clone(),
+            name: model,
             num_classes,
             model_args,
         },
@@ -301,6 +394,7 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
             input_size: [3, 32, 32],
             mean: normalize.mean.iter().map(|&m| m as f64).collect(),
             std: normalize.std.iter().map(|&s| s as f64).collect(),
+            whitening: None,
             extra: Default::default(),
         },
         label_names: Vec::new(),
@@ -439,5 +533,26 @@ impl Progress for BarProgress {
             record.seconds
         );
         Control::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_recipe_that_prefers_batch_norm_picks_the_normalised_model() {
+        let pick = |model: &str, overrides: Option<serde_json::Value>| {
+            prefer_batch_norm(model, 10, overrides).expect("known preset")
+        };
+        assert_eq!(pick("nin", None), ("nin_bn".to_string(), None));
+        let (model, args) = pick("cic_1d", None);
+        assert_eq!(model, "cic_1d");
+        assert_eq!(args, Some(json!({"batch_norm": true})));
+        // Already normalised, or switched off explicitly by the user: left as they are.
+        assert_eq!(pick("drnin_l3", None), ("drnin_l3".to_string(), None));
+        let explicit = Some(json!({"batch_norm": false}));
+        assert_eq!(pick("nin", explicit.clone()), ("nin".to_string(), explicit));
     }
 }

@@ -250,3 +250,103 @@ fn list_shows_every_preset_with_its_size() -> TestResult {
     assert_eq!(nin_row["macs_per_image_cifar10"], 222_486_528u64);
     Ok(())
 }
+
+#[test]
+fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
+    let Some(archive) = cifar10_archive() else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return Ok(());
+    };
+    let archive = archive.display().to_string();
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let run_str = run.display().to_string();
+    // The paper recipe: GCN + ZCA fitted on the training slice.
+    let out = nin(&[
+        "train",
+        "--recipe",
+        "paper",
+        "--data",
+        &archive,
+        "--out",
+        &run_str,
+        "--model-args",
+        SMALL_NIN,
+        "--limit-train",
+        "96",
+        "--limit-eval",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let best = run.join("best");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("config.json"))?)?;
+    assert_eq!(
+        config["pretrained_cfg"]["whitening"],
+        "whitening.safetensors"
+    );
+    assert_eq!(
+        std::fs::read(run.join("whitening.safetensors"))?,
+        std::fs::read(best.join("whitening.safetensors"))?,
+        "best/ carries the run's transform"
+    );
+
+    // Evaluating the best model directory whitens as training did: the same top-1 on the same
+    // 64 test images.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("trainer_state.json"))?)?;
+    let best_str = best.display().to_string();
+    let eval_args = [
+        "eval",
+        "--model",
+        &best_str,
+        "--data",
+        &archive,
+        "--limit-eval",
+        "64",
+        "--json",
+    ];
+    let out = nin(&eval_args)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let (got, want) = (report["top1"].as_f64(), state["best_eval_top1"].as_f64());
+    assert!(
+        got.zip(want).is_some_and(|(g, w)| (g - w).abs() < 1e-9),
+        "eval {got:?}, training {want:?}"
+    );
+
+    let image = tmp.path().join("grey.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([90, 120, 150])).save(&image)?;
+    let out = nin(&[
+        "predict",
+        "--model",
+        &best_str,
+        &image.display().to_string(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without its transform the directory is refused, naming the file.
+    std::fs::remove_file(best.join("whitening.safetensors"))?;
+    let out = nin(&eval_args)?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("whitening.safetensors"), "{err}");
+    Ok(())
+}

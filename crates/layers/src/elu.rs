@@ -49,11 +49,7 @@ impl CustomOp1 for Elu {
                 .zip(x.par_chunks(CHUNK))
                 .for_each(|(ys, xs)| {
                     for (y, &x) in ys.iter_mut().zip(xs) {
-                        *y = if x > zero {
-                            x
-                        } else {
-                            alpha * (exp(x) - one)
-                        };
+                        *y = if x > zero { x } else { alpha * (exp(x) - one) };
                     }
                 });
             out

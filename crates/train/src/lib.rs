@@ -50,10 +50,10 @@ pub use error::{Error, Result};
 pub use loss::{cross_entropy, topk_correct};
 pub use metrics::{Confusion, EpochRecord};
 pub use optim::{AdamW, LrMultipliers, Optimizer, OptimizerConfig, Param, Sgd};
-pub use recipe::{Augment, Recipe, RECIPE_NAMES};
+pub use recipe::{Augment, InputTransform, Recipe, RECIPE_NAMES};
 pub use run_dir::{
-    load_model_dir_config, load_weights, save_model_dir, save_weights, EpochProgress,
-    ModelDirConfig, ModelSpec, PretrainedCfg, RunConfig, TrainerState,
+    copy_model_dir_files, load_model_dir_config, load_weights, save_model_dir, save_weights,
+    EpochProgress, ModelDirConfig, ModelSpec, PretrainedCfg, RunConfig, TrainerState,
 };
 pub use schedule::{LrScheduler, Monitor, Schedule, ScheduleState};
 pub use trainer::{

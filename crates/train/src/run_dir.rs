@@ -25,7 +25,7 @@ use candle_core::Tensor;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{read_json, read_safetensors, write_json, write_safetensors};
+use crate::atomic::{read_json, read_safetensors, write_atomic, write_json, write_safetensors};
 use crate::error::{Error, Result};
 use crate::metrics::EpochRecord;
 use crate::optim::named_vars;
@@ -70,6 +70,10 @@ pub struct PretrainedCfg {
     pub mean: Vec<f64>,
     /// Per-channel standard deviation of `pixel / 255`.
     pub std: Vec<f64>,
+    /// File, in the model directory, of the GCN + ZCA whitening (nin-data's `zca.*` tensors)
+    /// that replaces mean/std normalisation when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whitening: Option<String>,
     /// Further entries (e.g. the names of whitening tensors), kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -275,6 +279,17 @@ pub fn save_model_dir(
     crate::atomic::create_dir(dir)?;
     save_weights(&dir.join(MODEL_SAFETENSORS), varmap, extra)?;
     write_json(&dir.join(CONFIG_JSON), config)
+}
+
+/// Copies the files a model directory needs besides its weights (the whitening, if any) from
+/// the model directory `from` into `to`, atomically each.
+pub fn copy_model_dir_files(from: &Path, to: &Path, config: &ModelDirConfig) -> Result<()> {
+    for name in config.pretrained_cfg.whitening.iter() {
+        let src = from.join(name);
+        let bytes = std::fs::read(&src).map_err(|e| Error::io("reading", &src, e))?;
+        write_atomic(&to.join(name), &bytes)?;
+    }
+    Ok(())
 }
 
 /// Reads a model directory's `config.json`.

@@ -24,8 +24,8 @@ use crate::optim::{
     Optimizer,
 };
 use crate::run_dir::{
-    load_weights, save_model_dir, save_weights, RunConfig, TrainerState, BEST_DIR, CONFIG_JSON,
-    MODEL_SAFETENSORS, OPTIMIZER_SAFETENSORS, RUN_JSON, TRAINER_STATE_JSON,
+    copy_model_dir_files, load_weights, save_model_dir, save_weights, RunConfig, TrainerState,
+    BEST_DIR, CONFIG_JSON, MODEL_SAFETENSORS, OPTIMIZER_SAFETENSORS, RUN_JSON, TRAINER_STATE_JSON,
 };
 use crate::schedule::{LrScheduler, Monitor};
 
@@ -200,6 +200,19 @@ pub fn train(
         return Err(Error::RunExists {
             path: run_dir.to_path_buf(),
         });
+    }
+    if let Some(name) = &run.pretrained_cfg.whitening {
+        if !run_dir.join(name).is_file() {
+            return Err(Error::invalid(
+                "run",
+                "pretrained_cfg.whitening",
+                format!(
+                    "names {name}, which is not in the run folder {}: the caller writes it there \
+                     before training, so every model directory can carry it",
+                    run_dir.display()
+                ),
+            ));
+        }
     }
     let mut run = run.clone();
     run.versions
@@ -504,12 +517,10 @@ impl<'a> Context<'a> {
                         ("epoch".to_string(), (epoch + 1).to_string()),
                         ("eval_top1".to_string(), r.top1.to_string()),
                     ]);
-                    save_model_dir(
-                        &self.run_dir.join(BEST_DIR),
-                        &self.run.model_dir_config(),
-                        self.varmap,
-                        &meta,
-                    )?;
+                    let best = self.run_dir.join(BEST_DIR);
+                    let config = self.run.model_dir_config();
+                    save_model_dir(&best, &config, self.varmap, &meta)?;
+                    copy_model_dir_files(&self.run_dir, &best, &config)?;
                 }
             }
             state.history.push(record.clone());

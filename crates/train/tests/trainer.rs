@@ -176,6 +176,7 @@ fn run_config(recipe: Recipe, seed: u64, every: Option<usize>) -> RunConfig {
             input_size: [3, 8, 8],
             mean: vec![0.5; 3],
             std: vec![0.25; 3],
+            whitening: None,
             extra: Default::default(),
         },
         label_names: (0..N_CLASSES).map(|i| format!("class{i}")).collect(),

@@ -221,6 +221,15 @@ pub static MODELS: &[ModelEntry] = &[
     },
 ];
 
+/// The preset that is `name` with batch norm added (`nin` → `nin_bn`), for recipes that prefer
+/// batch norm; `None` when the zoo has no such preset.
+pub fn batch_norm_variant(name: &str) -> Option<&'static str> {
+    match name {
+        "nin" => Some("nin_bn"),
+        _ => None,
+    }
+}
+
 /// The preset called `name`, or an error listing the known ones.
 pub fn find(name: &str) -> Result<&'static ModelEntry> {
     MODELS

@@ -18,6 +18,18 @@ fn nin(args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
+/// Runs `nin` and fails the test, with its stderr, unless it succeeds.
+fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
+    let out = nin(args)?;
+    assert!(
+        out.status.success(),
+        "nin {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
 fn cifar10_archive() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
     let archive = root.join("shared/data/cifar-10-binary.tar.gz");
@@ -75,12 +87,7 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
     let straight = tmp.path().join("straight");
     let killed = tmp.path().join("killed");
 
-    let out = nin(&train_args(&archive, &straight.display().to_string()))?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nin_ok(&train_args(&archive, &straight.display().to_string()))?;
 
     // 12 steps per epoch, 24 in all, a checkpoint every 3: kill once a mid-epoch checkpoint
     // (step 3, 6, 9, 15, 18 or 21) exists.
@@ -112,7 +119,7 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
     assert!(at_kill < 24, "the run had already finished");
 
     let killed_str = killed.display().to_string();
-    let out = nin(&[
+    let out = nin_ok(&[
         "train",
         "--resume",
         "--out",
@@ -121,11 +128,6 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
         "1",
         "--quiet",
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
 
     let a = weights(&straight);
@@ -145,7 +147,7 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
     );
 
     // The run folder is a model directory: eval and predict read it.
-    let out = nin(&[
+    let out = nin_ok(&[
         "eval",
         "--model",
         &killed_str,
@@ -155,11 +157,6 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
         "64",
         "--json",
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["images"], 64);
     assert_eq!(report["confusion"].as_array().map(Vec::len), Some(10));
@@ -167,7 +164,7 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
     let image = tmp.path().join("red.png");
     image::RgbImage::from_pixel(50, 40, image::Rgb([200, 30, 30])).save(&image)?;
     let image_str = image.display().to_string();
-    let out = nin(&[
+    let out = nin_ok(&[
         "predict",
         "--model",
         &killed_str,
@@ -176,11 +173,6 @@ fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult
         "2",
         "--json",
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let preds: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let probs: Vec<f64> = serde_json::from_value(preds[0]["probabilities"].clone())?;
     assert_eq!(probs.len(), 10);
@@ -262,7 +254,7 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
     let run = tmp.path().join("run");
     let run_str = run.display().to_string();
     // The paper recipe: GCN + ZCA fitted on the training slice.
-    let out = nin(&[
+    nin_ok(&[
         "train",
         "--recipe",
         "paper",
@@ -282,11 +274,6 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
         "32",
         "--quiet",
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let best = run.join("best");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(best.join("config.json"))?)?;
@@ -315,12 +302,7 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
         "64",
         "--json",
     ];
-    let out = nin(&eval_args)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = nin_ok(&eval_args)?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let (got, want) = (report["top1"].as_f64(), state["best_eval_top1"].as_f64());
     assert!(
@@ -330,17 +312,12 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
 
     let image = tmp.path().join("grey.png");
     image::RgbImage::from_pixel(32, 32, image::Rgb([90, 120, 150])).save(&image)?;
-    let out = nin(&[
+    nin_ok(&[
         "predict",
         "--model",
         &best_str,
         &image.display().to_string(),
     ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // Without its transform the directory is refused, naming the file.
     std::fs::remove_file(best.join("whitening.safetensors"))?;

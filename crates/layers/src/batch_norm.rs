@@ -23,6 +23,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use candle_nn::{Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
 
+use crate::cpu::{contiguous, float_storage, lane_sum, lane_sums};
 use crate::error::{Error, Result};
 
 /// PyTorch's default batch-norm momentum: `running = (1 − m)·running + m·batch`.
@@ -176,11 +177,7 @@ impl ModuleT for BatchNorm2d {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("batch_norm: operands must be contiguous"),
-    }
+    contiguous(s, l, "batch_norm")
 }
 
 /// `(N, C, H·W)` of a contiguous `[N, C, H, W]` layout.
@@ -228,35 +225,6 @@ fn input_grad_plane<T: WithDType>(
     }
 }
 
-/// `(Σ f(a, b).0, Σ f(a, b).1)` over the pairs of one plane, summed in `T` over sixteen
-/// independent lanes (one running sum is a chain of dependent adds that does not vectorise) and
-/// returned in f64, in which the caller adds the planes up: PyTorch's CPU kernel sums the same
-/// way (a vectorised reduction per plane, planes accumulated in double).
-fn lane_sum<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
-    const LANES: usize = 16;
-    let (mut acc0, mut acc1) = ([T::zero(); LANES], [T::zero(); LANES]);
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (ca, cb) in ca.zip(cb) {
-        for i in 0..LANES {
-            let (u, v) = f(ca[i], cb[i]);
-            acc0[i] += u;
-            acc1[i] += v;
-        }
-    }
-    let (mut s0, mut s1) = (0.0, 0.0);
-    for i in 0..LANES {
-        s0 += acc0[i].to_f64();
-        s1 += acc1[i].to_f64();
-    }
-    for (&x, &y) in ra.iter().zip(rb) {
-        let (u, v) = f(x, y);
-        s0 += u.to_f64();
-        s1 += v.to_f64();
-    }
-    (s0, s1)
-}
-
 /// Per-channel mean and biased variance in f64, as a `[2, C]` f64 tensor.
 struct ChannelMoments;
 
@@ -272,13 +240,11 @@ impl CustomOp1 for ChannelMoments {
                 .into_par_iter()
                 .map(|c| {
                     let zero = T::zero();
-                    let sum: f64 = channel(x, d, c)
-                        .map(|p| lane_sum(p, p, |v, _| (v, zero)).0)
-                        .sum();
+                    let sum: f64 = channel(x, d, c).map(|p| lane_sum(p).to_f64()).sum();
                     let mean = sum / count;
                     let m = T::from_f64(mean);
                     let sq: f64 = channel(x, d, c)
-                        .map(|p| lane_sum(p, p, |v, _| ((v - m) * (v - m), zero)).0)
+                        .map(|p| lane_sums(p, p, |v, _| ((v - m) * (v - m), zero)).0.to_f64())
                         .sum();
                     (mean, sq / count)
                 })
@@ -366,15 +332,9 @@ impl CustomOp3 for NormOp {
             out
         }
         let d = dims(l1)?;
-        let storage = match s1.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(run(self, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d))
-            }
-            DType::F64 => {
-                CpuStorage::F64(run(self, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d))
-            }
-            dt => candle_core::bail!("batch_norm: unsupported dtype {dt:?}"),
-        };
+        let storage = float_storage!(s1.dtype(), self.name(), |T| {
+            run::<T>(self, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d)
+        });
         Ok((storage, l1.shape().clone()))
     }
 
@@ -441,12 +401,12 @@ impl CustomOp3 for NormGradOp<'_> {
                     let (ab, mean) = (affine[c], T::from_f64(op.mean[c]));
                     let (mut sum, mut dot) = (0.0, 0.0);
                     for (xs, dys) in channel(x, d, c).zip(channel(dy, d, c)) {
-                        let (s, p) = lane_sum(xs, dys, |x, dy| {
+                        let (s, p) = lane_sums(xs, dys, |x, dy| {
                             let g = live(ab, x, dy);
                             (g, g * (x - mean))
                         });
-                        sum += s;
-                        dot += p;
+                        sum += s.to_f64();
+                        dot += p.to_f64();
                     }
                     (sum, dot * op.inv_std[c])
                 })
@@ -484,15 +444,9 @@ impl CustomOp3 for NormGradOp<'_> {
         }
         let d = dims(l1)?;
         let op = self.0;
-        let storage = match s1.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(run(op, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d))
-            }
-            DType::F64 => {
-                CpuStorage::F64(run(op, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d))
-            }
-            dt => candle_core::bail!("batch_norm: unsupported dtype {dt:?}"),
-        };
+        let storage = float_storage!(s1.dtype(), self.name(), |T| {
+            run::<T>(op, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d)
+        });
         Ok((storage, Shape::from(l1.shape().elem_count() + 2 * d.1)))
     }
 }
@@ -500,8 +454,9 @@ impl CustomOp3 for NormGradOp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::max_abs_diff;
     use crate::init::seeded_var_builder;
-    use candle_core::{Device, D};
+    use candle_core::Device;
     use candle_nn::VarMap;
 
     /// A norm with γ, β and running statistics away from their defaults, in f64.
@@ -537,19 +492,6 @@ mod tests {
             bn.momentum,
         )
         .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// Output, running statistics and the gradients of x, γ and β for a weighted-sum loss, from
@@ -611,13 +553,13 @@ mod tests {
                 });
                 let names = ["output", "running mean", "running var", "dx", "dγ", "dβ"];
                 for ((name, a), b) in names.iter().zip(&ours).zip(&theirs) {
-                    let d = max_diff(a, b);
+                    let d = max_abs_diff(a, b);
                     assert!(
                         d < 1e-10,
                         "train={train} relu={relu}: {name} differs by {d}"
                     );
                 }
-                let moved = max_diff(
+                let moved = max_abs_diff(
                     &ours[1],
                     varmap.data().lock().unwrap()["running_mean"].as_tensor(),
                 );
@@ -644,7 +586,7 @@ mod tests {
             .unwrap()
             .to_dtype(DType::F64)
             .unwrap();
-        assert!(max_diff(&y32, &y64) < 1e-5);
+        assert!(max_abs_diff(&y32, &y64) < 1e-5);
     }
 
     #[test]
@@ -655,7 +597,7 @@ mod tests {
         assert!(!strided.is_contiguous());
         let a = bn.forward_t(&strided, true).unwrap();
         let b = bn.forward_t(&strided.contiguous().unwrap(), true).unwrap();
-        assert_eq!(max_diff(&a, &b), 0.0);
+        assert_eq!(max_abs_diff(&a, &b), 0.0);
     }
 
     #[test]

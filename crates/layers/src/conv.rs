@@ -29,6 +29,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+use crate::cpu::{contiguous, lane_sum};
+
 /// Stride, padding and fused activation of a [`conv2d`] call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvOptions {
@@ -336,22 +338,6 @@ fn forward<T: WithDType>(g: &Geom, x: &[T], wt: &[T], bias: Option<&[T]>, relu: 
     })
 }
 
-/// The sum of `xs` over sixteen independent accumulators: one running sum is a chain of
-/// dependent adds that does not vectorise.
-fn lane_sum<T: WithDType>(xs: &[T]) -> T {
-    const LANES: usize = 16;
-    let mut acc = [T::zero(); LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
-        }
-    }
-    rest.iter()
-        .fold(acc.iter().fold(T::zero(), |s, &a| s + a), |s, &v| s + v)
-}
-
 /// `[dW (c_out·ckk), db (c_out)]` summed over the batch.
 fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let (ckk, ohw, c_out) = (g.ckk(), g.ohw(), g.c_out);
@@ -473,11 +459,7 @@ struct ConvOp {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv2d: operands must be contiguous"),
-    }
+    contiguous(s, l, "conv2d")
 }
 
 impl ConvOp {
@@ -694,6 +676,7 @@ impl CustomOp2 for GradOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Deterministic pseudo-random values in [−1, 1).
@@ -729,21 +712,6 @@ mod tests {
         ([3, 2, 5, 4], 2, 1, 2, 0),
         ([2, 2, 4, 3], 3, 5, 1, 2),
     ];
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     #[test]
     fn forward_and_gradients_match_candle() {

@@ -10,6 +10,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use crate::cpu::{contiguous, float_storage};
+
 /// Values per rayon task: enough to amortise the task, few enough to split a small map.
 const CHUNK: usize = 1 << 14;
 
@@ -24,11 +26,7 @@ pub fn elu(xs: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("elu: operands must be contiguous"),
-    }
+    contiguous(s, l, "elu")
 }
 
 struct Elu {
@@ -54,11 +52,9 @@ impl CustomOp1 for Elu {
                 });
             out
         }
-        let storage = match s.dtype() {
-            DType::F32 => CpuStorage::F32(run(slice::<f32>(s, l)?, self.alpha, f32::exp)),
-            DType::F64 => CpuStorage::F64(run(slice::<f64>(s, l)?, self.alpha, f64::exp)),
-            dt => candle_core::bail!("elu: unsupported dtype {dt:?}"),
-        };
+        let storage = float_storage!(s.dtype(), self.name(), |T| {
+            run::<T>(slice(s, l)?, self.alpha, T::exp)
+        });
         Ok((storage, l.shape().clone()))
     }
 
@@ -104,21 +100,9 @@ impl CustomOp3 for EluGrad {
                 });
             out
         }
-        let storage = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(run(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                slice(s3, l3)?,
-                self.alpha,
-            )),
-            DType::F64 => CpuStorage::F64(run(
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                slice(s3, l3)?,
-                self.alpha,
-            )),
-            dt => candle_core::bail!("elu: unsupported dtype {dt:?}"),
-        };
+        let storage = float_storage!(s1.dtype(), self.name(), |T| {
+            run::<T>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.alpha)
+        });
         Ok((storage, l1.shape().clone()))
     }
 }
@@ -126,7 +110,8 @@ impl CustomOp3 for EluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use crate::cpu::max_abs_diff;
+    use candle_core::{Device, Var};
 
     #[test]
     fn value_and_gradient_match_candles_elu() {
@@ -153,20 +138,14 @@ mod tests {
             };
             let (y1, g1) = run(&|x| elu(x, alpha).unwrap());
             let (y2, g2) = run(&|x| x.elu(alpha).unwrap());
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(D::Minus1)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            assert!(diff(&y1, &y2) < 1e-15, "alpha {alpha}: values differ");
-            assert!(diff(&g1, &g2) < 1e-15, "alpha {alpha}: gradients differ");
+            assert!(
+                max_abs_diff(&y1, &y2) < 1e-15,
+                "alpha {alpha}: values differ"
+            );
+            assert!(
+                max_abs_diff(&g1, &g2) < 1e-15,
+                "alpha {alpha}: gradients differ"
+            );
         }
     }
 }

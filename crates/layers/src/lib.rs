@@ -22,6 +22,7 @@ Shared layers for the NIN family, and the ops candle lacks to train them.
 mod batch_norm;
 mod conv;
 mod conv_bn;
+mod cpu;
 mod dropout;
 mod elu;
 mod error;

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithD
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
+use crate::cpu::contiguous;
 use crate::error::{Error, Result};
 
 /// The reduction a pooling window applies.
@@ -176,18 +177,6 @@ impl Planes {
             oh,
             ow,
         })
-    }
-}
-
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(storage)?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
     }
 }
 
@@ -356,13 +345,13 @@ impl CustomOp1 for Pool2dOp {
         let out = match storage {
             CpuStorage::F32(_) => CpuStorage::F32(forward_kernel(
                 &self.cfg,
-                contiguous_slice::<f32>(storage, layout, self.name())?,
+                contiguous::<f32>(storage, layout, self.name())?,
                 g,
                 self.argmax.as_ref(),
             )),
             CpuStorage::F64(_) => CpuStorage::F64(forward_kernel(
                 &self.cfg,
-                contiguous_slice::<f64>(storage, layout, self.name())?,
+                contiguous::<f64>(storage, layout, self.name())?,
                 g,
                 self.argmax.as_ref(),
             )),
@@ -433,12 +422,12 @@ impl CustomOp1 for MaxPoolScatterOp<'_> {
         let out = match grad {
             CpuStorage::F32(_) => CpuStorage::F32(run(
                 self.argmax,
-                contiguous_slice::<f32>(grad, layout, self.name())?,
+                contiguous::<f32>(grad, layout, self.name())?,
                 &self.in_shape,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(run(
                 self.argmax,
-                contiguous_slice::<f64>(grad, layout, self.name())?,
+                contiguous::<f64>(grad, layout, self.name())?,
                 &self.in_shape,
             )),
             other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
@@ -478,17 +467,17 @@ impl CustomOp2 for Pool2dBackwardOp {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(backward_kernel(
                 &self.cfg,
                 needs_input
-                    .then(|| contiguous_slice::<f32>(input, input_layout, self.name()))
+                    .then(|| contiguous::<f32>(input, input_layout, self.name()))
                     .transpose()?,
-                contiguous_slice::<f32>(grad, grad_layout, self.name())?,
+                contiguous::<f32>(grad, grad_layout, self.name())?,
                 g,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(backward_kernel(
                 &self.cfg,
                 needs_input
-                    .then(|| contiguous_slice::<f64>(input, input_layout, self.name()))
+                    .then(|| contiguous::<f64>(input, input_layout, self.name()))
                     .transpose()?,
-                contiguous_slice::<f64>(grad, grad_layout, self.name())?,
+                contiguous::<f64>(grad, grad_layout, self.name())?,
                 g,
             )),
             (a, b) => candle_core::bail!(

@@ -1,35 +1,91 @@
-"""PyTorch counterpart of `nin bench`: the same NIN, batch, threads and training step
+"""PyTorch counterpart of `nin bench`: the same model, batch, threads and training step
 (forward in train mode, cross-entropy, backward, SGD momentum 0.9 with weight decay 5e-4),
 medians over timed steps, and the same CSV columns. Not part of CI.
 
 Run from the repository root:
     python3 benches/pytorch/bench_nin.py --bench both --batch-size 32,128 --threads 2 \
         --csv bench.csv
-The model class is the one the golden fixtures use (models/nin/testdata/gen_nin_golden.py).
+The model classes are the ones the golden fixtures use (models/*/testdata/gen_*_golden.py);
+presets other than nin and nin_bn take their configuration from `nin list --json` (--nin: the
+binary, target/release/nin by default).
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "models", "nin", "testdata"))
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+for family in ("nin", "cic", "drnin", "dcnin"):
+    sys.path.insert(0, os.path.join(ROOT, "models", family, "testdata"))
+# The PyTorch modules the golden fixtures are made with: each takes the family's config as the
+# Rust crate serialises it.
+import gen_cic_golden  # noqa: E402
 from gen_nin_golden import NIN, config  # noqa: E402
+from gen_drnin_golden import DrNIN  # noqa: E402
+from gen_dcnin_golden import DcNIN  # noqa: E402
+
+
+def dense_window_forward(self, x):
+    """A channel-window convolution as one dense convolution, its compact weight scattered into
+    a zero weight (what nin-model-cic does): the fixture's reference loops over output channels,
+    which measures Python, not the layer."""
+    if not hasattr(self, "rows"):
+        # Outside inference mode, so that training steps may use the indices too.
+        with torch.inference_mode(False):
+            w = self.w
+            self.rows = torch.arange(len(self.starts)).repeat_interleave(w)
+            self.cols = torch.tensor([s + i for s in self.starts for i in range(w)])
+            self.taps = torch.arange(w).repeat(len(self.starts))
+    cout, _, k, _ = self.weight.shape
+    dense = self.weight.new_zeros(cout, x.shape[1], k, k)
+    dense = dense.index_put((self.rows, self.cols), self.weight[self.rows, self.taps])
+    return F.conv2d(x, dense, self.bias, padding=self.padding)
+
+
+class CiC(gen_cic_golden.CiC):
+    """The fixture's CiC without its max-pool margin bookkeeping (a fixture-only check)."""
+
+    def class_maps(self, x):
+        x = self.drop(self.pool1(self.mlpconv1(x)))
+        x = self.drop(self.pool2(self.mlpconv2(x)))
+        return self.mlpconv3(x)
+
+
+gen_cic_golden.ChannelWindowConv.forward = dense_window_forward
+MODULES = {"nin": NIN, "cic": CiC, "drnin": DrNIN, "dcnin": DcNIN}
 
 HEADER = ("framework,model,mode,batch_size,samples_per_sec,step_time_ms,step_time_min_ms,"
           "param_count,gmacs,achieved_gflops,peak_rss_mib,threads,device,versions")
 
 
-def nin_cfg(name, num_classes):
+def model_for(name, num_classes, nin_bin):
+    """The PyTorch module of preset `name` and, for presets read from the zoo, its
+    multiply-accumulates per image as the zoo counts them (a channel-window layer's compact ones).
+    NIN's two presets are written out here; every other preset's configuration is read from
+    `nin list --json` (the zoo's own, so both frameworks build the same network)."""
     widths = ([192, 160, 96], [192, 192, 192], [192, 192])
     if name == "nin":
-        return config(num_classes, widths)
+        return NIN(config(num_classes, widths)), None
     if name == "nin_bn":
-        return config(num_classes, widths, batch_norm=True)
-    raise SystemExit(f"--model {name}: this script knows nin and nin_bn")
+        return NIN(config(num_classes, widths, batch_norm=True)), None
+    try:
+        listing = json.loads(subprocess.run([nin_bin, "list", "--json"], check=True,
+                                            capture_output=True, text=True).stdout)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"--nin {nin_bin}: cannot read the zoo's presets ({e}); "
+                         "build it with cargo build --release -p nin-cli")
+    entry = next((m for m in listing if m["name"] == name), None)
+    if entry is None:
+        known = ", ".join(m["name"] for m in listing)
+        raise SystemExit(f"--model {name}: not a preset of the zoo (known: {known})")
+    cfg = dict(entry["config_cifar10"], num_classes=num_classes)
+    return MODULES[entry["family"]](cfg), entry["macs_per_image_cifar10"]
 
 
 def conv_macs(model):
@@ -69,12 +125,13 @@ def peak_rss_mib():
 def bench_one(name, mode, batch, args):
     reset_peak_rss()
     torch.manual_seed(0)
-    model = NIN(nin_cfg(name, args.num_classes))
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.normal_(m.weight, std=0.05)
-            torch.nn.init.zeros_(m.bias)
-    macs = conv_macs(model)
+    model, zoo_macs = model_for(name, args.num_classes, args.nin)
+    for p_name, p in model.named_parameters():
+        if p.dim() == 4:
+            torch.nn.init.normal_(p, std=0.05)
+        elif p_name.endswith("bias"):
+            torch.nn.init.zeros_(p)
+    macs = zoo_macs or conv_macs(model)
     xs = torch.rand(batch, 3, 32, 32) * 4 - 2
     labels = torch.arange(batch) % args.num_classes
     if mode == "train":
@@ -123,6 +180,8 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", default=None)
+    p.add_argument("--nin", default=os.path.join(ROOT, "target", "release", "nin"),
+                   help="the nin binary, for the configurations of presets other than nin/nin_bn")
     args = p.parse_args()
     if args.device != "cpu":
         raise SystemExit("--device: this script measures the CPU only")

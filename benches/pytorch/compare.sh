@@ -24,4 +24,12 @@ for round in $(seq "$rounds"); do
         --csv "$out"
     python3 "$here/bench_nin.py" --bench infer --batch-size 1 --threads "$threads" --warmup 3 \
         --iters 30 --csv "$out"
+    # The other families' training step at batch 32 (bench_nin.py reads their configurations
+    # from `nin list --json`).
+    for model in ${FAMILIES:-cic_1d cic_3d drnin_l3 dcnin_s}; do
+        "$nin" bench --model "$model" --bench train --batch-size 32 --threads "$threads" \
+            --warmup 1 --iters 5 --csv "$out"
+        python3 "$here/bench_nin.py" --model "$model" --bench train --batch-size 32 \
+            --threads "$threads" --warmup 1 --iters 5 --nin "$nin" --csv "$out"
+    done
 done

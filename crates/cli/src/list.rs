@@ -5,7 +5,7 @@ use clap::Args;
 /// Arguments of `nin list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print as JSON.
+    /// Print as JSON, with each preset's full configuration for 10 classes.
     #[arg(long)]
     json: bool,
 }
@@ -26,6 +26,7 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
                     "name": e.name, "family": e.family_name, "summary": e.summary,
                     "params_cifar10": c10.param_count, "params_cifar100": c100.param_count,
                     "macs_per_image_cifar10": c10.macs_per_image,
+                    "config_cifar10": (e.default_args)(10),
                 })
             })
             .collect();

@@ -240,6 +240,14 @@ fn list_shows_every_preset_with_its_size() -> TestResult {
     assert_eq!(nin_row["params_cifar10"], 966_986);
     assert_eq!(nin_row["params_cifar100"], 984_356);
     assert_eq!(nin_row["macs_per_image_cifar10"], 222_486_528u64);
+    // Each preset's full configuration, as `--model-args` and bench_nin.py take it.
+    for row in &rows {
+        assert_eq!(row["config_cifar10"]["num_classes"], 10, "{}", row["name"]);
+    }
+    assert_eq!(
+        nin_row["config_cifar10"]["mlpconv1"],
+        serde_json::json!([192, 160, 96])
+    );
     Ok(())
 }
 

@@ -13,7 +13,7 @@ fn reduced_drnin_matches_pytorch() {
     let cases = check_golden_fixture::<Config>(&path, 1e-4, |cfg, vb| {
         Box::new(DrNin::new(cfg, vb).expect("the model builds from the fixture's config"))
     });
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     for case in &cases {
         // 4 blocks × 3 conv + BN units, 2 projections, the head: 28 + 4 + 2 parameters, and
         // running mean and variance of 14 norms.

@@ -23,8 +23,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use candle_nn::{Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, float_storage, lane_sum, lane_sums};
+use crate::cpu::{contiguous, float_storage, lane_sum, lane_sums, KernelFloat};
 use crate::error::{Error, Result};
+use crate::mlpconv::Activation;
 
 /// PyTorch's default batch-norm momentum: `running = (1 − m)·running + m·batch`.
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -71,9 +72,15 @@ pub fn batch_norm_2d(channels: usize, momentum: f64, vb: VarBuilder) -> Result<B
 }
 
 impl BatchNorm2d {
-    /// `relu(bn(xs))` in one op: the ReLU that follows most norms of the zoo.
-    pub fn forward_relu(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.forward_impl(xs, train, true)
+    /// `activation(bn(xs))` in one op: the ReLU or ELU that follows most norms of the zoo is
+    /// fused in (its gradient too).
+    pub fn forward_activated(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        activation: Activation,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_impl(xs, train, activation)
     }
 
     /// The running mean, a buffer updated by every training-mode forward pass.
@@ -86,7 +93,12 @@ impl BatchNorm2d {
         self.running_var.as_tensor()
     }
 
-    fn forward_impl(&self, xs: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+    fn forward_impl(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
         let channels = self.weight.dim(0)?;
         if xs.rank() != 4 || xs.dim(1)? != channels {
             return Err(Error::BadShape {
@@ -101,7 +113,7 @@ impl BatchNorm2d {
             && self.weight.dtype() == xs.dtype()
             && self.bias.dtype() == xs.dtype();
         if !fast {
-            return self.candle_forward(xs, train, relu);
+            return self.candle_forward(xs, train, act);
         }
         let xs = xs.contiguous()?;
         let (mean, var) = if train {
@@ -126,7 +138,7 @@ impl BatchNorm2d {
             mean,
             inv_std,
             batch_stats: train,
-            relu,
+            act,
         };
         xs.apply_op3(&self.weight, &self.bias, op)
     }
@@ -151,7 +163,12 @@ impl BatchNorm2d {
     }
 
     /// candle's own batch norm, for devices and dtypes the op does not cover.
-    fn candle_forward(&self, xs: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+    fn candle_forward(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
         let bn = candle_nn::BatchNorm::new_with_momentum(
             self.weight.dim(0)?,
             self.running_mean.as_tensor().clone(),
@@ -161,18 +178,13 @@ impl BatchNorm2d {
             BN_EPS,
             self.momentum,
         )?;
-        let ys = bn.forward_t(xs, train)?;
-        if relu {
-            ys.relu()
-        } else {
-            Ok(ys)
-        }
+        act.apply(&bn.forward_t(xs, train)?)
     }
 }
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.forward_impl(xs, train, false)
+        self.forward_impl(xs, train, Activation::Identity)
     }
 }
 
@@ -195,36 +207,6 @@ fn channel<T>(
     (0..n).map(move |i| &data[(i * c_count + c) * hw..][..hw])
 }
 
-/// `dx = k·g + b·x + c0` over one plane, `g` being `dy` where `x·scale + shift > 0` and 0
-/// elsewhere (when `relu_affine` is given). A function of plain slices of one length, so that the loop
-/// vectorises.
-fn input_grad_plane<T: WithDType>(
-    dx: &mut [T],
-    xs: &[T],
-    dys: &[T],
-    relu_affine: Option<(T, T)>,
-    (k, b, c0): (T, T, T),
-) {
-    let n = dx.len().min(xs.len()).min(dys.len());
-    let (dx, xs, dys) = (&mut dx[..n], &xs[..n], &dys[..n]);
-    let zero = T::zero();
-    match relu_affine {
-        Some((scale, shift)) => {
-            for ((dx, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
-                // Both operands loaded first: a select of two values vectorises, a conditional
-                // load does not.
-                let g = if x * scale + shift > zero { dy } else { zero };
-                *dx = k * g + b * x + c0;
-            }
-        }
-        None => {
-            for ((dx, &x), &dy) in dx.iter_mut().zip(xs).zip(dys) {
-                *dx = k * dy + b * x + c0;
-            }
-        }
-    }
-}
-
 /// Per-channel mean and biased variance in f64, as a `[2, C]` f64 tensor.
 struct ChannelMoments;
 
@@ -244,7 +226,11 @@ impl CustomOp1 for ChannelMoments {
                     let mean = sum / count;
                     let m = T::from_f64(mean);
                     let sq: f64 = channel(x, d, c)
-                        .map(|p| lane_sums(p, p, |v, _| ((v - m) * (v - m), zero)).0.to_f64())
+                        .map(|p| {
+                            lane_sums(p, p, p, |v, _, _| ((v - m) * (v - m), zero))
+                                .0
+                                .to_f64()
+                        })
                         .sum();
                     (mean, sq / count)
                 })
@@ -262,31 +248,49 @@ impl CustomOp1 for ChannelMoments {
     }
 }
 
-/// `relu?(x·scale + shift)` on (x, γ, β), given each channel's statistics.
+/// `act(x·scale + shift)` on (x, γ, β), given each channel's statistics.
 struct NormOp {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
     /// The statistics are the batch's own, so the gradient flows through them too.
     batch_stats: bool,
-    relu: bool,
+    act: Activation,
 }
 
 impl NormOp {
     /// Per-channel `(scale, shift)` in `T`; the forward and the backward's ReLU mask both use
     /// these, so they agree on every sign.
-    fn affine<T: WithDType>(&self, gamma: &[T], beta: &[T]) -> Vec<(T, T)> {
+    fn affine<T: WithDType>(&self, gamma: &[f64], beta: &[f64]) -> Vec<(T, T)> {
         (0..self.mean.len())
             .map(|c| {
-                let scale = gamma[c].to_f64() * self.inv_std[c];
-                let shift = beta[c].to_f64() - self.mean[c] * scale;
+                let scale = gamma[c] * self.inv_std[c];
+                let shift = beta[c] - self.mean[c] * scale;
                 (T::from_f64(scale), T::from_f64(shift))
             })
             .collect()
     }
 }
 
+/// `xs` in f64.
+fn to_f64<T: WithDType>(xs: &[T]) -> Vec<f64> {
+    xs.iter().map(|v| v.to_f64()).collect()
+}
+
 /// Rayon splits of at least this many values, so small maps do not drown in task overhead.
 const MIN_SPLIT: usize = 1 << 12;
+
+/// `ys = act(xs·scale + shift)` over one plane; `act` is a closure so that each activation gets
+/// its own vectorised loop.
+fn normalise_plane<T: KernelFloat>(
+    ys: &mut [T],
+    xs: &[T],
+    (scale, shift): (T, T),
+    act: impl Fn(T) -> T,
+) {
+    for (y, &x) in ys.iter_mut().zip(xs) {
+        *y = act(x * scale + shift);
+    }
+}
 
 impl CustomOp3 for NormOp {
     fn name(&self) -> &'static str {
@@ -302,30 +306,39 @@ impl CustomOp3 for NormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: WithDType>(
+        fn run<T: KernelFloat>(
             op: &NormOp,
             x: &[T],
             gamma: &[T],
             beta: &[T],
             d: (usize, usize, usize),
         ) -> Vec<T> {
-            let (affine, relu, zero) = (op.affine(gamma, beta), op.relu, T::zero());
-            let mut out = vec![T::zero(); x.len()];
+            let (affine, act) = (op.affine::<T>(&to_f64(gamma), &to_f64(beta)), op.act);
+            let (zero, one) = (T::zero(), T::one());
+            let mut out = vec![zero; x.len()];
             out.par_chunks_mut(d.2)
                 .zip(x.par_chunks(d.2))
                 .with_min_len(MIN_SPLIT.div_ceil(d.2))
                 .enumerate()
                 .for_each(|(plane, (y, x))| {
-                    let (scale, shift) = affine[plane % d.1];
-                    if relu {
+                    let ab = affine[plane % d.1];
+                    match act {
+                        Activation::Identity => normalise_plane(y, x, ab, |v| v),
                         // `v < 0` leaves NaN in place, as PyTorch's ReLU does.
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            let v = x * scale + shift;
-                            *y = if v < zero { zero } else { v };
+                        Activation::Relu => {
+                            normalise_plane(y, x, ab, |v| if v < zero { zero } else { v })
                         }
-                    } else {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x * scale + shift;
+                        Activation::Elu { alpha } => {
+                            let alpha = T::from_f64(alpha);
+                            normalise_plane(y, x, ab, |v| {
+                                // Both sides, then a select: the loop vectorises.
+                                let negative = alpha * (v.exp_v() - one);
+                                if v > zero {
+                                    v
+                                } else {
+                                    negative
+                                }
+                            })
                         }
                     }
                 });
@@ -343,12 +356,23 @@ impl CustomOp3 for NormOp {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = gamma.dim(0)?;
-        let gamma_beta = Tensor::cat(&[gamma, beta], 0)?.contiguous()?;
-        let all = x.apply_op3_no_bwd(&grad.contiguous()?, &gamma_beta, &NormGradOp(self))?;
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        let grad_op = NormGradOp {
+            op: self,
+            gamma: f64s(gamma)?,
+            beta: f64s(beta)?,
+        };
+        // ELU's gradient is read off its output; ReLU's mask is recomputed from x, which the
+        // backward reads anyway, so the output need not be read again.
+        let third = match self.act {
+            Activation::Elu { .. } => res.contiguous()?,
+            Activation::Relu | Activation::Identity => x.clone(),
+        };
+        let all = x.apply_op3_no_bwd(&grad.contiguous()?, &third, &grad_op)?;
         let n = x.elem_count();
         let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
         let dgamma = all.narrow(0, n, c)?;
@@ -357,8 +381,80 @@ impl CustomOp3 for NormOp {
     }
 }
 
-/// The backward of a [`NormOp`] on (x, dy, [γ; β]): `[dx…, dγ…, dβ…]` flat.
-struct NormGradOp<'a>(&'a NormOp);
+/// The backward of a [`NormOp`] on (x, dy, y), `y` its output for ELU (x again otherwise):
+/// `[dx…, dγ…, dβ…]` flat.
+struct NormGradOp<'a> {
+    op: &'a NormOp,
+    gamma: Vec<f64>,
+    beta: Vec<f64>,
+}
+
+/// The backward for one activation, `live((scale, shift), x, dy, y)` being the gradient that
+/// reaches the norm (dy through the activation).
+fn norm_grad<T: KernelFloat>(
+    grad: &NormGradOp,
+    (x, dy, y): (&[T], &[T], &[T]),
+    d: (usize, usize, usize),
+    live: impl Fn((T, T), T, T, T) -> T + Sync,
+) -> Vec<T> {
+    let (op, gamma) = (grad.op, &grad.gamma);
+    let affine = op.affine::<T>(&grad.gamma, &grad.beta);
+    let count = (d.0 * d.2) as f64;
+    // Σ g and Σ g·(x − μ) per channel, g the gradient through the activation.
+    let sums: Vec<(f64, f64)> = (0..d.1)
+        .into_par_iter()
+        .map(|c| {
+            let (mean, ab) = (T::from_f64(op.mean[c]), affine[c]);
+            let (mut sum, mut dot) = (0.0, 0.0);
+            for ((xs, dys), ys) in channel(x, d, c)
+                .zip(channel(dy, d, c))
+                .zip(channel(y, d, c))
+            {
+                let (s, p) = lane_sums(xs, dys, ys, |x, dy, y| {
+                    let g = live(ab, x, dy, y);
+                    (g, g * (x - mean))
+                });
+                sum += s.to_f64();
+                dot += p.to_f64();
+            }
+            (sum, dot * op.inv_std[c])
+        })
+        .collect();
+    let mut out = vec![T::zero(); x.len() + 2 * d.1];
+    let (dx, dgb) = out.split_at_mut(x.len());
+    for (c, &(sum, dot)) in sums.iter().enumerate() {
+        dgb[c] = T::from_f64(dot);
+        dgb[d.1 + c] = T::from_f64(sum);
+    }
+    // dx = k·(g − mean(g) − x̂·mean(g·x̂)), k = γ/σ, as `k·g + b·x + c0` per channel so the loop
+    // over values is fused multiply-adds; with running statistics the mean terms drop out.
+    let coefficients: Vec<(T, T, T)> = (0..d.1)
+        .map(|c| {
+            let (inv_std, k) = (op.inv_std[c], gamma[c] * op.inv_std[c]);
+            if !op.batch_stats {
+                return (T::from_f64(k), T::zero(), T::zero());
+            }
+            let (mean_g, mean_dot) = (sums[c].0 / count, sums[c].1 / count);
+            let b = -k * mean_dot * inv_std;
+            let c0 = -k * mean_g - b * op.mean[c];
+            (T::from_f64(k), T::from_f64(b), T::from_f64(c0))
+        })
+        .collect();
+    dx.par_chunks_mut(d.2)
+        .zip(
+            x.par_chunks(d.2)
+                .zip(dy.par_chunks(d.2).zip(y.par_chunks(d.2))),
+        )
+        .with_min_len(MIN_SPLIT.div_ceil(d.2))
+        .enumerate()
+        .for_each(|(plane, (dx, (xs, (dys, ys))))| {
+            let (ab, (k, b, c0)) = (affine[plane % d.1], coefficients[plane % d.1]);
+            for (((dx, &x), &dy), &y) in dx.iter_mut().zip(xs).zip(dys).zip(ys) {
+                *dx = k * live(ab, x, dy, y) + b * x + c0;
+            }
+        });
+    out
+}
 
 impl CustomOp3 for NormGradOp<'_> {
     fn name(&self) -> &'static str {
@@ -374,78 +470,47 @@ impl CustomOp3 for NormGradOp<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: WithDType>(
-            op: &NormOp,
-            x: &[T],
-            dy: &[T],
-            gb: &[T],
+        fn run<T: KernelFloat>(
+            grad: &NormGradOp,
+            operands: (&[T], &[T], &[T]),
             d: (usize, usize, usize),
         ) -> Vec<T> {
-            let (gamma, beta) = gb.split_at(d.1);
-            let affine = op.affine(gamma, beta);
-            let (count, zero, relu) = ((d.0 * d.2) as f64, T::zero(), op.relu);
-            // The gradient that reaches the norm: dy, masked where the fused ReLU's output is
-            // not positive (PyTorch's rule, which also masks a NaN output); the same sign test
-            // as `input_grad_plane`'s.
-            let live = |(scale, shift): (T, T), x: T, dy: T| {
-                if !relu || x * scale + shift > zero {
-                    dy
-                } else {
-                    zero
+            let zero = T::zero();
+            // Values loaded on both sides, then a select: the loops vectorise.
+            match grad.op.act {
+                Activation::Identity => norm_grad(grad, operands, d, |_, _, dy, _| dy),
+                // The gradient passes where the output is positive (PyTorch's rule), the sign
+                // recomputed exactly as the forward computed it.
+                Activation::Relu => {
+                    norm_grad(
+                        grad,
+                        operands,
+                        d,
+                        |(s, h), x, dy, _| {
+                            if x * s + h > zero {
+                                dy
+                            } else {
+                                zero
+                            }
+                        },
+                    )
                 }
-            };
-            // Σ dy and Σ dy·(x − μ) per channel.
-            let sums: Vec<(f64, f64)> = (0..d.1)
-                .into_par_iter()
-                .map(|c| {
-                    let (ab, mean) = (affine[c], T::from_f64(op.mean[c]));
-                    let (mut sum, mut dot) = (0.0, 0.0);
-                    for (xs, dys) in channel(x, d, c).zip(channel(dy, d, c)) {
-                        let (s, p) = lane_sums(xs, dys, |x, dy| {
-                            let g = live(ab, x, dy);
-                            (g, g * (x - mean))
-                        });
-                        sum += s.to_f64();
-                        dot += p.to_f64();
-                    }
-                    (sum, dot * op.inv_std[c])
-                })
-                .collect();
-            let mut out = vec![T::zero(); x.len() + 2 * d.1];
-            let (dx, dgb) = out.split_at_mut(x.len());
-            for (c, &(sum, dot)) in sums.iter().enumerate() {
-                dgb[c] = T::from_f64(dot);
-                dgb[d.1 + c] = T::from_f64(sum);
+                Activation::Elu { alpha } => {
+                    let alpha = T::from_f64(alpha);
+                    norm_grad(grad, operands, d, move |_, _, dy, y| {
+                        let negative = dy * (y + alpha);
+                        if y > zero {
+                            dy
+                        } else {
+                            negative
+                        }
+                    })
+                }
             }
-            // dx = k·(g − mean(g) − x̂·mean(g·x̂)), k = γ/σ, as `a·g + b·x + c` per channel so
-            // the loop over values is three fused multiply-adds; with running statistics the
-            // mean terms drop out.
-            let coefficients: Vec<(T, T, T)> = (0..d.1)
-                .map(|c| {
-                    let (inv_std, k) = (op.inv_std[c], gamma[c].to_f64() * op.inv_std[c]);
-                    if !op.batch_stats {
-                        return (T::from_f64(k), T::zero(), T::zero());
-                    }
-                    let (mean_g, mean_dot) = (sums[c].0 / count, sums[c].1 / count);
-                    let b = -k * mean_dot * inv_std;
-                    let c0 = -k * mean_g - b * op.mean[c];
-                    (T::from_f64(k), T::from_f64(b), T::from_f64(c0))
-                })
-                .collect();
-            dx.par_chunks_mut(d.2)
-                .zip(x.par_chunks(d.2).zip(dy.par_chunks(d.2)))
-                .with_min_len(MIN_SPLIT.div_ceil(d.2))
-                .enumerate()
-                .for_each(|(plane, (dx, (xs, dys)))| {
-                    let c = plane % d.1;
-                    input_grad_plane(dx, xs, dys, relu.then_some(affine[c]), coefficients[c]);
-                });
-            out
         }
         let d = dims(l1)?;
-        let op = self.0;
         let storage = float_storage!(s1.dtype(), self.name(), |T| {
-            run::<T>(op, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d)
+            run::<T>(self, (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?), d)
         });
         Ok((storage, Shape::from(l1.shape().elem_count() + 2 * d.1)))
     }
@@ -525,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_candles_batch_norm_in_train_and_eval_mode_with_and_without_relu() {
+    fn matches_candles_batch_norm_then_activation_in_train_and_eval_mode() {
         let (varmap, bn) = norm(5, 0.3);
         let cbn = reference(&bn);
         // Shifted and scaled so the statistics are far from 0 and 1.
@@ -534,30 +599,29 @@ mod tests {
         )
         .unwrap();
         let loss_weights = Tensor::rand(-1f64, 1.0, x.shape(), &Device::Cpu).unwrap();
+        let activations = [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Elu { alpha: 0.7 },
+        ];
         for train in [true, false] {
-            for relu in [false, true] {
+            for act in activations {
                 let ours = run(&varmap, &bn, &x, &loss_weights, &|x| {
-                    if relu {
-                        bn.forward_relu(x, train).unwrap()
-                    } else {
-                        bn.forward_t(x, train).unwrap()
-                    }
+                    bn.forward_activated(x, train, act).unwrap()
                 });
+                // candle's batch norm, then candle's own activation.
                 let theirs = run(&varmap, &bn, &x, &loss_weights, &|x| {
                     let ys = cbn.forward_t(x, train).unwrap();
-                    if relu {
-                        ys.relu().unwrap()
-                    } else {
-                        ys
+                    match act {
+                        Activation::Identity => ys,
+                        Activation::Relu => ys.relu().unwrap(),
+                        Activation::Elu { alpha } => ys.elu(alpha).unwrap(),
                     }
                 });
                 let names = ["output", "running mean", "running var", "dx", "dγ", "dβ"];
                 for ((name, a), b) in names.iter().zip(&ours).zip(&theirs) {
                     let d = max_abs_diff(a, b);
-                    assert!(
-                        d < 1e-10,
-                        "train={train} relu={relu}: {name} differs by {d}"
-                    );
+                    assert!(d < 1e-10, "train={train} {act:?}: {name} differs by {d}");
                 }
                 let moved = max_abs_diff(
                     &ours[1],
@@ -566,13 +630,20 @@ mod tests {
                 assert_eq!(moved == 0.0, !train, "running mean moves only in training");
             }
         }
+        let plain = run(&varmap, &bn, &x, &loss_weights, &|x| {
+            bn.forward_t(x, true).unwrap()
+        });
+        let identity = run(&varmap, &bn, &x, &loss_weights, &|x| {
+            bn.forward_activated(x, true, Activation::Identity).unwrap()
+        });
+        assert_eq!(max_abs_diff(&plain[0], &identity[0]), 0.0);
     }
 
     #[test]
     fn float32_matches_the_float64_op() {
         let (_varmap, bn) = norm(4, BN_MOMENTUM);
         let x64 = (Tensor::randn(0f64, 3.0, (2, 4, 5, 5), &Device::Cpu).unwrap() + 10.0).unwrap();
-        let y64 = bn.forward_relu(&x64, true).unwrap();
+        let y64 = bn.forward_activated(&x64, true, Activation::Relu).unwrap();
         let bn32 = BatchNorm2d {
             weight: bn.weight.to_dtype(DType::F32).unwrap(),
             bias: bn.bias.to_dtype(DType::F32).unwrap(),
@@ -582,7 +653,7 @@ mod tests {
             momentum: BN_MOMENTUM,
         };
         let y32 = bn32
-            .forward_relu(&x64.to_dtype(DType::F32).unwrap(), true)
+            .forward_activated(&x64.to_dtype(DType::F32).unwrap(), true, Activation::Relu)
             .unwrap()
             .to_dtype(DType::F64)
             .unwrap();

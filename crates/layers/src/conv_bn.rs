@@ -172,6 +172,19 @@ impl ConvBn {
     }
 }
 
+impl ConvBn {
+    /// `activation(bn(conv(xs)))`, the activation fused into the norm.
+    pub fn forward_activated(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        activation: Activation,
+    ) -> candle_core::Result<Tensor> {
+        self.bn
+            .forward_activated(&self.conv.forward(xs)?, train, activation)
+    }
+}
+
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_t(&self.conv.forward(xs)?, train)
@@ -213,10 +226,7 @@ impl BnActConv {
 
 impl ModuleT for BnActConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let xs = match self.activation {
-            Activation::Relu => self.bn.forward_relu(xs, train)?,
-            act => act.apply(&self.bn.forward_t(xs, train)?)?,
-        };
+        let xs = self.bn.forward_activated(xs, train, self.activation)?;
         self.conv.forward(&xs)
     }
 }

@@ -18,16 +18,26 @@ pub(crate) fn contiguous<'a, T: WithDType>(
     }
 }
 
-/// `(Σ f(a, b).0, Σ f(a, b).1)` over the pairs of `a` and `b`, over sixteen independent
-/// accumulators: one running sum is a chain of dependent adds that does not vectorise.
-pub(crate) fn lane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) -> (T, T) {
+/// `(Σ f(a, b, c).0, Σ f(a, b, c).1)` over the triples of `a`, `b` and `c` (pass a slice again
+/// for an operand `f` ignores), over sixteen independent accumulators: one running sum is a chain
+/// of dependent adds that does not vectorise.
+pub(crate) fn lane_sums<T: WithDType>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(T, T, T) -> (T, T),
+) -> (T, T) {
     const LANES: usize = 16;
     let (mut acc0, mut acc1) = ([T::zero(); LANES], [T::zero(); LANES]);
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (ca, cb) in ca.zip(cb) {
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((ca, cb), cc) in ca.zip(cb).zip(cc) {
         for i in 0..LANES {
-            let (u, v) = f(ca[i], cb[i]);
+            let (u, v) = f(ca[i], cb[i], cc[i]);
             acc0[i] += u;
             acc1[i] += v;
         }
@@ -37,8 +47,8 @@ pub(crate) fn lane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, 
         s0 += acc0[i];
         s1 += acc1[i];
     }
-    for (&x, &y) in ra.iter().zip(rb) {
-        let (u, v) = f(x, y);
+    for ((&x, &y), &z) in ra.iter().zip(rb).zip(rc) {
+        let (u, v) = f(x, y, z);
         s0 += u;
         s1 += v;
     }
@@ -47,7 +57,7 @@ pub(crate) fn lane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, 
 
 /// The sum of `xs`, vectorised as [`lane_sums`].
 pub(crate) fn lane_sum<T: WithDType>(xs: &[T]) -> T {
-    lane_sums(xs, xs, |v, _| (v, T::zero())).0
+    lane_sums(xs, xs, xs, |v, _, _| (v, T::zero())).0
 }
 
 /// A float type as the element-wise kernels need it: `WithDType` plus an `exp` that inlines into
@@ -154,7 +164,7 @@ mod tests {
     fn lane_sums_add_every_value_once() {
         let xs: Vec<f64> = (1..=37).map(f64::from).collect();
         assert_eq!(lane_sum(&xs), 703.0);
-        let (s, d) = lane_sums(&xs, &xs, |a, b| (a, a * b));
+        let (s, d) = lane_sums(&xs, &xs, &xs, |a, b, _| (a, a * b));
         assert_eq!((s, d), (703.0, (1..=37).map(|v| f64::from(v * v)).sum()));
         assert_eq!(lane_sum::<f32>(&[]), 0.0);
     }

@@ -226,10 +226,9 @@ impl ModuleT for CicBlock {
                 continue;
             }
             xs = conv.forward(&xs)?;
-            xs = match (self.norms.get(i), self.activations[i]) {
-                (Some(norm), Activation::Relu) => norm.forward_relu(&xs, train)?,
-                (Some(norm), act) => act.apply(&norm.forward_t(&xs, train)?)?,
-                (None, act) => act.apply(&xs)?,
+            xs = match self.norms.get(i) {
+                Some(norm) => norm.forward_activated(&xs, train, self.activations[i])?,
+                None => self.activations[i].apply(&xs)?,
             };
         }
         Ok(xs)

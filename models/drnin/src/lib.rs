@@ -387,15 +387,15 @@ impl DrMlpConv {
 
 impl ModuleT for DrMlpConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let act = |t: Tensor| self.activation.apply(&t);
-        let ys = act(self.conv1.forward_t(xs, train)?)?;
-        let ys = act(self.conv2.forward_t(&ys, train)?)?;
+        let act = self.activation;
+        let ys = self.conv1.forward_activated(xs, train, act)?;
+        let ys = self.conv2.forward_activated(&ys, train, act)?;
         let ys = self.conv3.forward_t(&ys, train)?;
         let shortcut = match &self.shortcut {
             Some(projection) => projection.forward_t(xs, train)?,
             None => xs.clone(),
         };
-        act((ys + shortcut)?)
+        act.apply(&(ys + shortcut)?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test support shared by the model crates (a dev-dependency only): the first images of the
-//! real CIFAR-10 archive in `../shared/data`, normalised, a whole-tensor relative error, and the
-//! check of a model against a PyTorch golden fixture.
+//! real CIFAR-10 archive in `../shared/data`, normalised, the check that a model memorises 64 of
+//! them, a whole-tensor relative error, and the check of a model against a PyTorch golden
+//! fixture.
 // Test support fails loudly on purpose: a panic here is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -57,6 +58,63 @@ pub fn cifar10_head(n: usize) -> Option<(Tensor, Tensor, Vec<u32>)> {
         return Some((xs, ys, labels));
     }
     None
+}
+
+/// How [`assert_memorises_64_images`] trains.
+#[derive(Clone, Copy, Debug)]
+pub struct Memorise {
+    /// candle's AdamW learning rate.
+    pub lr: f64,
+    /// Steps before the test gives up.
+    pub max_steps: usize,
+    /// Steps between two judgements (each an extra forward pass in evaluation mode).
+    pub check_every: usize,
+}
+
+/// Trains `model` (the variables of `varmap`) on the first 64 real CIFAR-10 training images with
+/// candle's AdamW, judging accuracy on them in evaluation mode every `check_every` steps, and
+/// returns once it reaches 100 %. candle's AdamW is enough: this checks that a model can learn,
+/// not our optimisers (whose PyTorch semantics nin-train tests). Skips, with a message, when the
+/// archive is absent.
+///
+/// # Panics
+/// When 100 % is not reached within `max_steps`, with the last judgements (step, loss, accuracy).
+pub fn assert_memorises_64_images(model: &dyn ClassMapModel, varmap: &VarMap, run: Memorise) {
+    use candle_nn::Optimizer;
+    const N_IMAGES: usize = 64;
+    let Some((xs, ys, labels)) = cifar10_head(N_IMAGES) else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return;
+    };
+    let params = candle_nn::ParamsAdamW {
+        lr: run.lr,
+        ..Default::default()
+    };
+    let mut opt = candle_nn::AdamW::new(varmap.all_vars(), params).unwrap();
+    let accuracy = |logits: &Tensor| {
+        let pred = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        pred.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64 / N_IMAGES as f64
+    };
+    let mut history = Vec::new();
+    for step in 0..run.max_steps {
+        let logits = model.forward_t(&xs, true).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &ys).unwrap();
+        opt.backward_step(&loss).unwrap();
+        if step % run.check_every != run.check_every - 1 {
+            continue;
+        }
+        let acc = accuracy(&model.forward_t(&xs, false).unwrap());
+        history.push((step + 1, loss.to_scalar::<f32>().unwrap(), acc));
+        if acc == 1.0 {
+            eprintln!("100 % training accuracy after {} steps", step + 1);
+            return;
+        }
+    }
+    panic!(
+        "did not reach 100 % on {N_IMAGES} images in {} steps: {:?}",
+        run.max_steps,
+        &history[history.len().saturating_sub(5)..]
+    );
 }
 
 /// max |got − want| / max |want|, with the scale floored at 1e-4: the relative error of a whole

@@ -1,21 +1,14 @@
 //! NIN learns: a reduced-width NIN (24 channels, no dropout) memorises 64 real CIFAR-10 training
 //! images; it took 100 steps when written.
-#![allow(clippy::unwrap_used)]
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{Optimizer, VarMap};
-use nin_layers::{seeded_var_builder, ClassMapModel, WeightInit};
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use nin_layers::{seeded_var_builder, WeightInit};
 use nin_model_nin::{Config, Nin};
-
-const N_IMAGES: usize = 64;
+use nin_testkit::{assert_memorises_64_images, Memorise};
 
 #[test]
 fn reduced_nin_overfits_64_real_images() {
-    let Some((xs, ys, labels)) = nin_testkit::cifar10_head(N_IMAGES) else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
-        return;
-    };
-
     let cfg = Config {
         mlpconv1: [24, 24, 24],
         mlpconv2: [24, 24, 24],
@@ -29,37 +22,11 @@ fn reduced_nin_overfits_64_real_images() {
         &cfg,
         seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu),
     )
-    .unwrap();
-    let params = candle_nn::ParamsAdamW {
+    .expect("the reduced configuration builds");
+    let run = Memorise {
         lr: 3e-3,
-        ..Default::default()
+        max_steps: 300,
+        check_every: 10,
     };
-    // candle's AdamW is enough here: this checks that NIN can learn, not our optimisers (whose
-    // PyTorch semantics nin-train tests).
-    let mut opt = candle_nn::AdamW::new(varmap.all_vars(), params).unwrap();
-
-    let accuracy = |logits: &Tensor| {
-        let pred = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap();
-        pred.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64 / N_IMAGES as f64
-    };
-    let mut history = Vec::new();
-    for step in 0..300 {
-        let logits = model.forward_t(&xs, true).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&logits, &ys).unwrap();
-        opt.backward_step(&loss).unwrap();
-        // Checking every 10 steps keeps the extra forward passes cheap.
-        if step % 10 != 9 {
-            continue;
-        }
-        let acc = accuracy(&model.forward_t(&xs, false).unwrap());
-        history.push((step, loss.to_scalar::<f32>().unwrap(), acc));
-        if acc == 1.0 {
-            eprintln!("100 % training accuracy after {} steps", step + 1);
-            return;
-        }
-    }
-    panic!(
-        "did not reach 100 % on 64 images in 300 steps: {:?}",
-        &history[history.len() - 5..]
-    );
+    assert_memorises_64_images(&model, &varmap, run);
 }

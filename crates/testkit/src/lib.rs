@@ -60,6 +60,94 @@ pub fn cifar10_head(n: usize) -> Option<(Tensor, Tensor, Vec<u32>)> {
     None
 }
 
+/// The zoo's shape contract for a family, with `build(num_classes)` making a model: for 10 and
+/// 100 classes, class maps `[N, C, 8, 8]` for 32×32 inputs, logits `[N, C]` equal to the maps'
+/// means, and a 1-channel input refused with a message naming the expected shape.
+///
+/// # Panics
+/// When the model breaks the contract: this is for tests.
+pub fn check_class_map_contract(build: impl Fn(usize) -> Box<dyn ClassMapModel>) {
+    let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    for num_classes in [10, 100] {
+        let model = build(num_classes);
+        assert_eq!(model.num_classes(), num_classes);
+        let maps = model.class_maps(&xs, false).unwrap();
+        assert_eq!(maps.dims(), &[2, num_classes, 8, 8]);
+        let logits = model.forward_t(&xs, false).unwrap();
+        assert_eq!(logits.dims(), &[2, num_classes]);
+        let mean = maps.mean((2, 3)).unwrap();
+        assert!(
+            rel_err(&logits, &mean) < 1e-6,
+            "the logits are the maps' means"
+        );
+    }
+    let gray = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let err = build(10).forward_t(&gray, false).unwrap_err().to_string();
+    assert!(err.contains("expected input [N, 3, H, W]"), "{err}");
+}
+
+/// The batch-norm running statistics of `varmap`, by name.
+fn running_stats(varmap: &VarMap) -> Vec<(String, Vec<f32>)> {
+    let data = varmap.data().lock().unwrap();
+    let mut stats: Vec<_> = data
+        .iter()
+        .filter(|(k, _)| k.contains("running_"))
+        .map(|(k, v)| (k.clone(), v.as_tensor().to_vec1::<f32>().unwrap()))
+        .collect();
+    stats.sort_by(|a, b| a.0.cmp(&b.0));
+    stats
+}
+
+/// `model`'s `n_buffers` batch-norm running statistics (in `varmap`) stay put in evaluation mode
+/// and every one of them moves in training mode.
+///
+/// # Panics
+/// When they do not: this is for tests.
+pub fn check_batch_norm_moves_only_in_training(
+    model: &dyn ClassMapModel,
+    varmap: &VarMap,
+    n_buffers: usize,
+) {
+    let xs = Tensor::randn(0.5f32, 2.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+    let before = running_stats(varmap);
+    assert_eq!(before.len(), n_buffers);
+    model.forward_t(&xs, false).unwrap();
+    assert_eq!(
+        running_stats(varmap),
+        before,
+        "eval mode moved the statistics"
+    );
+    model.forward_t(&xs, true).unwrap();
+    for ((name, old), (_, new)) in before.iter().zip(running_stats(varmap)) {
+        assert_ne!(old, &new, "{name} did not move in training mode");
+    }
+}
+
+/// `model` (with dropout) gives the same logits twice in evaluation mode and different ones in
+/// training mode under two dropout seeds.
+///
+/// # Panics
+/// When it does not: this is for tests.
+pub fn check_dropout_only_in_training(model: &dyn ClassMapModel) {
+    let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let logits = |train| {
+        model
+            .forward_t(&xs, train)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    assert_eq!(logits(false), logits(false));
+    model.dropout_rng().reseed(1);
+    let a = logits(true);
+    model.dropout_rng().reseed(2);
+    assert_ne!(
+        a,
+        logits(true),
+        "dropout with other masks gave the same logits"
+    );
+}
+
 /// How [`assert_memorises_64_images`] trains.
 #[derive(Clone, Copy, Debug)]
 pub struct Memorise {

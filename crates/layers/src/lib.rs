@@ -15,6 +15,7 @@ Shared layers for the NIN family, and the ops candle lacks to train them.
   backward, where candle's are a dozen whole-tensor passes each.
 - [`Dropout`] and [`seeded_var_builder`]: dropout masks and initial weights from a seeded
   generator, because candle's CPU generator cannot be seeded.
+- [`NinSkeleton`]: NIN's three blocks, pools and dropout, for NIN and CiC alike.
 - [`ClassMapModel`]: the contract every model of the zoo keeps.
 */
 #![deny(missing_docs)]
@@ -32,6 +33,7 @@ mod mlpconv;
 mod model;
 mod pool;
 mod rng;
+mod skeleton;
 
 pub use batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
 pub use conv::{conv2d, ConvOptions};
@@ -45,3 +47,4 @@ pub use mlpconv::{Activation, Conv2d, MlpConv, MlpConvConfig};
 pub use model::{ClassMapModel, ParamRole};
 pub use pool::{pool2d, Pool2dConfig, PoolKind};
 pub use rng::{derive_seed, seeded_rng, DropoutRng, SeededRng};
+pub use skeleton::NinSkeleton;

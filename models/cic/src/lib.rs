@@ -40,10 +40,10 @@ assert_eq!(cfg.param_count(), 850_250);
 mod block;
 mod window;
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, pool2d, Activation, ClassMapModel, Dropout, DropoutRng, MlpConvConfig,
+    global_avg_pool, Activation, ClassMapModel, DropoutRng, MlpConvConfig, NinSkeleton,
     Pool2dConfig, PoolKind, WeightInit,
 };
 
@@ -222,16 +222,11 @@ impl Config {
     }
 }
 
-/// Convolution in Convolution. Fields are named like their weight prefixes.
+/// Convolution in Convolution: the NIN skeleton over CiC blocks, whose weights
+/// are named `mlpconv1..3`.
 #[derive(Clone, Debug)]
 pub struct Cic {
-    mlpconv1: CicBlock,
-    pool1: Pool2dConfig,
-    mlpconv2: CicBlock,
-    pool2: Pool2dConfig,
-    mlpconv3: CicBlock,
-    dropout: Dropout,
-    dropout_rng: DropoutRng,
+    skeleton: NinSkeleton<CicBlock>,
     config: Config,
 }
 
@@ -239,16 +234,17 @@ impl Cic {
     /// Builds (or loads, depending on `vb`) the model.
     pub fn new(cfg: &Config, vb: VarBuilder) -> nin_layers::Result<Self> {
         cfg.validate()?;
-        let [b1, b2, b3] = cfg.blocks();
-        let dropout_rng = DropoutRng::new(0);
+        let blocks = cfg.blocks();
+        let skeleton = NinSkeleton::new(
+            "cic",
+            cfg.in_channels,
+            cfg.pool2,
+            cfg.dropout,
+            vb,
+            |i, vb| CicBlock::new(&blocks[i], vb),
+        )?;
         Ok(Self {
-            mlpconv1: CicBlock::new(&b1, vb.pp("mlpconv1"))?,
-            pool1: Pool2dConfig::nin(PoolKind::Max),
-            mlpconv2: CicBlock::new(&b2, vb.pp("mlpconv2"))?,
-            pool2: Pool2dConfig::nin(cfg.pool2),
-            mlpconv3: CicBlock::new(&b3, vb.pp("mlpconv3"))?,
-            dropout: Dropout::new(cfg.dropout, dropout_rng.clone())?,
-            dropout_rng,
+            skeleton,
             config: cfg.clone(),
         })
     }
@@ -265,19 +261,7 @@ impl ClassMapModel for Cic {
     }
 
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let (_, c, _, _) = xs.dims4()?;
-        if c != self.config.in_channels {
-            candle_core::bail!(
-                "cic: expected input [N, {}, H, W], got {:?}",
-                self.config.in_channels,
-                xs.dims()
-            );
-        }
-        let xs = self.mlpconv1.forward_t(xs, train)?;
-        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool1)?, train)?;
-        let xs = self.mlpconv2.forward_t(&xs, train)?;
-        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool2)?, train)?;
-        self.mlpconv3.forward_t(&xs, train)
+        self.skeleton.class_maps(xs, train)
     }
 
     fn num_classes(&self) -> usize {
@@ -289,7 +273,7 @@ impl ClassMapModel for Cic {
     }
 
     fn dropout_rng(&self) -> &DropoutRng {
-        &self.dropout_rng
+        self.skeleton.dropout_rng()
     }
 
     fn macs_per_image(&self) -> u64 {

@@ -31,11 +31,11 @@ assert_eq!(cfg.param_count(), 966_986);
 */
 #![deny(missing_docs)]
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, pool2d, Activation, ClassMapModel, Dropout, DropoutRng, MlpConv,
-    MlpConvConfig, Pool2dConfig, PoolKind, WeightInit,
+    global_avg_pool, Activation, ClassMapModel, DropoutRng, MlpConv, MlpConvConfig, NinSkeleton,
+    Pool2dConfig, PoolKind, WeightInit,
 };
 
 /// The architecture's knobs. Presets: [`Config::nin`], [`Config::nin_bn`].
@@ -168,16 +168,11 @@ impl Config {
     }
 }
 
-/// Network in Network. Fields are named like their weight prefixes.
+/// Network in Network: the NIN skeleton over mlpconv blocks, whose weights
+/// are named `mlpconv1..3`.
 #[derive(Clone, Debug)]
 pub struct Nin {
-    mlpconv1: MlpConv,
-    pool1: Pool2dConfig,
-    mlpconv2: MlpConv,
-    pool2: Pool2dConfig,
-    mlpconv3: MlpConv,
-    dropout: Dropout,
-    dropout_rng: DropoutRng,
+    skeleton: NinSkeleton<MlpConv>,
     config: Config,
 }
 
@@ -185,16 +180,17 @@ impl Nin {
     /// Builds (or loads, depending on `vb`) the model.
     pub fn new(cfg: &Config, vb: VarBuilder) -> nin_layers::Result<Self> {
         cfg.validate()?;
-        let [b1, b2, b3] = cfg.blocks();
-        let dropout_rng = DropoutRng::new(0);
+        let blocks = cfg.blocks();
+        let skeleton = NinSkeleton::new(
+            "nin",
+            cfg.in_channels,
+            cfg.pool2,
+            cfg.dropout,
+            vb,
+            |i, vb| MlpConv::new(&blocks[i], vb),
+        )?;
         Ok(Self {
-            mlpconv1: MlpConv::new(&b1, vb.pp("mlpconv1"))?,
-            pool1: Pool2dConfig::nin(PoolKind::Max),
-            mlpconv2: MlpConv::new(&b2, vb.pp("mlpconv2"))?,
-            pool2: Pool2dConfig::nin(cfg.pool2),
-            mlpconv3: MlpConv::new(&b3, vb.pp("mlpconv3"))?,
-            dropout: Dropout::new(cfg.dropout, dropout_rng.clone())?,
-            dropout_rng,
+            skeleton,
             config: cfg.clone(),
         })
     }
@@ -211,19 +207,7 @@ impl ClassMapModel for Nin {
     }
 
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let (_, c, _, _) = xs.dims4()?;
-        if c != self.config.in_channels {
-            candle_core::bail!(
-                "nin: expected input [N, {}, H, W], got {:?}",
-                self.config.in_channels,
-                xs.dims()
-            );
-        }
-        let xs = self.mlpconv1.forward_t(xs, train)?;
-        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool1)?, train)?;
-        let xs = self.mlpconv2.forward_t(&xs, train)?;
-        let xs = self.dropout.forward_t(&pool2d(&xs, &self.pool2)?, train)?;
-        self.mlpconv3.forward_t(&xs, train)
+        self.skeleton.class_maps(xs, train)
     }
 
     fn num_classes(&self) -> usize {
@@ -235,7 +219,7 @@ impl ClassMapModel for Nin {
     }
 
     fn dropout_rng(&self) -> &DropoutRng {
-        &self.dropout_rng
+        self.skeleton.dropout_rng()
     }
 
     fn macs_per_image(&self) -> u64 {

@@ -252,36 +252,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The model a recipe that prefers batch norm trains instead of `model`: the zoo's batch-norm
-/// preset of it (`nin` → `nin_bn`), else the preset with its `batch_norm` switch turned on where
-/// its configuration has one (CiC); the rest already normalise (DrNIN, DcNIN). A `batch_norm`
-/// the user gave in `--model-args` is kept as given.
-fn prefer_batch_norm(
-    model: &str,
-    num_classes: usize,
-    overrides: Option<serde_json::Value>,
-) -> anyhow::Result<(String, Option<serde_json::Value>)> {
-    if overrides
-        .as_ref()
-        .is_some_and(|o| o.get("batch_norm").is_some())
-    {
-        return Ok((model.to_string(), overrides));
-    }
-    if let Some(variant) = nin_zoo::batch_norm_variant(model) {
-        return Ok((variant.to_string(), overrides));
-    }
-    let preset = nin_zoo::resolve_args(model, num_classes, None)?;
-    if preset.get("batch_norm") != Some(&serde_json::Value::Bool(false)) {
-        return Ok((model.to_string(), overrides));
-    }
-    let mut overrides = overrides.unwrap_or_else(|| serde_json::json!({}));
-    if let Some(map) = overrides.as_object_mut() {
-        map.insert("batch_norm".into(), true.into());
-        eprintln!("recipe prefers batch norm: {model} with batch_norm = true");
-    }
-    Ok((model.to_string(), Some(overrides)))
-}
-
 /// File of a run's GCN + ZCA transform, in the run folder and in every model directory.
 const WHITENING_FILE: &str = "whitening.safetensors";
 
@@ -343,16 +313,22 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         .transpose()
         .context("--model-args: not valid JSON")?;
     let (model, overrides) = if recipe.prefer_batch_norm {
-        prefer_batch_norm(&args.model, num_classes, overrides)?
+        let chosen = nin_zoo::with_batch_norm(&args.model, num_classes, overrides.clone())?;
+        if chosen.0 != args.model {
+            eprintln!(
+                "recipe {} prefers batch norm: training {}, the batch-norm variant of {}",
+                recipe.name, chosen.0, args.model
+            );
+        } else if chosen.1 != overrides {
+            eprintln!(
+                "recipe {} prefers batch norm: {} with batch_norm = true",
+                recipe.name, args.model
+            );
+        }
+        chosen
     } else {
         (args.model.clone(), overrides)
     };
-    if model != args.model {
-        eprintln!(
-            "recipe {} prefers batch norm: training {model}, the batch-norm variant of {}",
-            recipe.name, args.model
-        );
-    }
     let model_args = nin_zoo::resolve_args(&model, num_classes, overrides.as_ref())?;
     let normalize = Normalize::published(dataset);
     let augment =
@@ -533,26 +509,5 @@ impl Progress for BarProgress {
             record.seconds
         );
         Control::Continue
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_recipe_that_prefers_batch_norm_picks_the_normalised_model() {
-        let pick = |model: &str, overrides: Option<serde_json::Value>| {
-            prefer_batch_norm(model, 10, overrides).expect("known preset")
-        };
-        assert_eq!(pick("nin", None), ("nin_bn".to_string(), None));
-        let (model, args) = pick("cic_1d", None);
-        assert_eq!(model, "cic_1d");
-        assert_eq!(args, Some(json!({"batch_norm": true})));
-        // Already normalised, or switched off explicitly by the user: left as they are.
-        assert_eq!(pick("drnin_l3", None), ("drnin_l3".to_string(), None));
-        let explicit = Some(json!({"batch_norm": false}));
-        assert_eq!(pick("nin", explicit.clone()), ("nin".to_string(), explicit));
     }
 }

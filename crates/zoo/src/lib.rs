@@ -21,6 +21,6 @@ mod registry;
 pub use error::{Error, Result};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use registry::{
-    batch_norm_variant, create_model, find, resolve_args, CreatedModel, Family, FamilyOf,
-    ModelEntry, ModelInfo, ZooModel, MODELS,
+    create_model, find, resolve_args, with_batch_norm, CreatedModel, Family, FamilyOf, ModelEntry,
+    ModelInfo, ZooModel, MODELS,
 };

@@ -221,13 +221,33 @@ pub static MODELS: &[ModelEntry] = &[
     },
 ];
 
-/// The preset that is `name` with batch norm added (`nin` → `nin_bn`), for recipes that prefer
-/// batch norm; `None` when the zoo has no such preset.
-pub fn batch_norm_variant(name: &str) -> Option<&'static str> {
-    match name {
-        "nin" => Some("nin_bn"),
-        _ => None,
+/// The model a recipe that prefers batch norm trains instead of preset `name` with
+/// `overrides`: the zoo's batch-norm preset of it (`nin` → `nin_bn`), else the preset with its
+/// `batch_norm` switch turned on where its configuration has one (CiC); the other families
+/// already normalise (DrNIN, DcNIN). A `batch_norm` the user set in `overrides` is kept.
+pub fn with_batch_norm(
+    name: &str,
+    num_classes: usize,
+    overrides: Option<Value>,
+) -> Result<(String, Option<Value>)> {
+    if overrides
+        .as_ref()
+        .is_some_and(|o| o.get("batch_norm").is_some())
+    {
+        return Ok((name.to_string(), overrides));
     }
+    if name == "nin" {
+        return Ok(("nin_bn".to_string(), overrides));
+    }
+    let preset = resolve_args(name, num_classes, None)?;
+    if preset.get("batch_norm") != Some(&Value::Bool(false)) {
+        return Ok((name.to_string(), overrides));
+    }
+    let mut overrides = overrides.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(map) = overrides.as_object_mut() {
+        map.insert("batch_norm".into(), true.into());
+    }
+    Ok((name.to_string(), Some(overrides)))
 }
 
 /// The preset called `name`, or an error listing the known ones.
@@ -312,6 +332,23 @@ pub fn create_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_recipe_that_prefers_batch_norm_picks_the_normalised_model() {
+        let pick = |model: &str, overrides: Option<Value>| {
+            with_batch_norm(model, 10, overrides).expect("known preset")
+        };
+        assert_eq!(pick("nin", None), ("nin_bn".to_string(), None));
+        assert!(find("nin_bn").is_ok());
+        let (model, args) = pick("cic_1d", None);
+        assert_eq!(model, "cic_1d");
+        assert_eq!(args, Some(json!({"batch_norm": true})));
+        // Already normalised, or switched off explicitly by the user: left as they are.
+        assert_eq!(pick("drnin_l3", None), ("drnin_l3".to_string(), None));
+        let explicit = Some(json!({"batch_norm": false}));
+        assert_eq!(pick("nin", explicit.clone()), ("nin".to_string(), explicit));
+    }
 
     #[test]
     fn unknown_names_list_the_known_ones() {

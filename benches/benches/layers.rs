@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nin_format::LrMultipliers;
 use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind};
 use nin_train::optim::{named_vars, trainable_params};
-use nin_train::{LrMultipliers, Optimizer, Sgd};
+use nin_train::{Optimizer, Sgd};
 
 const BATCH: usize = 32;
 

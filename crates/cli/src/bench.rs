@@ -19,9 +19,10 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::{Args, ValueEnum};
+use nin_format::LrMultipliers;
 use nin_layers::ClassMapModel;
 use nin_train::optim::{named_vars, trainable_params};
-use nin_train::{LrMultipliers, Optimizer, Sgd};
+use nin_train::{Optimizer, Sgd};
 
 use crate::common::{parse_device, set_threads};
 

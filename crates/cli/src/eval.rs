@@ -1,14 +1,12 @@
 //! `nin eval`: accuracy of a trained model directory on a CIFAR split: top-1, top-5, per class,
 //! and the confusion matrix.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nin_data::{
-    Dataset, Holdout, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
-};
+use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Split};
+use nin_zoo::Classifier;
 
 use crate::common::{dataset_for_classes, load_dataset, parse_device, set_threads, LoaderSource};
 use crate::data::DatasetArg;
@@ -61,9 +59,9 @@ enum SplitArg {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
-    let loaded = nin_zoo::load_model_dir(&args.model, &device)
+    let classifier = Classifier::load(&args.model, &device)
         .with_context(|| format!("--model {}", args.model.display()))?;
-    let cfg = &loaded.config;
+    let cfg = classifier.config();
     let dataset = match args.dataset {
         Some(d) => Dataset::from(d),
         None => dataset_for_classes(cfg.num_classes)?,
@@ -92,14 +90,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         set = set.limit(n);
     }
     let n_images = set.len();
-    let preprocess = preprocess_of(&args.model, &loaded.config.pretrained_cfg)?;
     let mut source = LoaderSource(Loader::new(
         set,
         LoaderConfig::eval(args.batch_size),
-        preprocess,
+        classifier.preprocess().clone(),
         device.clone(),
     )?);
-    let report = nin_train::evaluate(loaded.model.as_ref(), &mut source, &device)?;
+    let report = nin_train::evaluate(classifier.model(), &mut source, &device)?;
     let names = if cfg.label_names.len() == cfg.num_classes {
         cfg.label_names.clone()
     } else {
@@ -157,39 +154,4 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// How the model directory `dir` wants pixels turned into inputs: its whitening file if its
-/// `pretrained_cfg` names one, else mean/std normalisation.
-pub fn preprocess_of(dir: &Path, cfg: &nin_train::PretrainedCfg) -> anyhow::Result<Preprocess> {
-    Ok(match &cfg.whitening {
-        Some(name) => {
-            let path = dir.join(name);
-            let zca = Zca::load(&path).with_context(|| {
-                format!(
-                    "config.json: pretrained_cfg.whitening names {}, which is not a whitening file",
-                    path.display()
-                )
-            })?;
-            Preprocess::GcnZca(Arc::new(zca))
-        }
-        None => Preprocess::Normalize(normalize_of(cfg)?),
-    })
-}
-
-/// The normalisation a model directory's `pretrained_cfg` asks for.
-pub fn normalize_of(cfg: &nin_train::PretrainedCfg) -> anyhow::Result<Normalize> {
-    let three = |v: &[f64], field: &str| -> anyhow::Result<[f32; 3]> {
-        match v {
-            [a, b, c] => Ok([*a as f32, *b as f32, *c as f32]),
-            _ => anyhow::bail!(
-                "config.json: pretrained_cfg.{field} must have 3 entries, got {}",
-                v.len()
-            ),
-        }
-    };
-    Ok(Normalize::new(
-        three(&cfg.mean, "mean")?,
-        three(&cfg.std, "std")?,
-    )?)
 }

@@ -3,13 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
 use clap::Args;
-use image::imageops::FilterType;
-use nin_data::Preprocess;
+use nin_zoo::Classifier;
 
 use crate::common::{parse_device, set_threads};
-use crate::eval::preprocess_of;
 
 /// Arguments of `nin predict`.
 #[derive(Debug, Args)]
@@ -38,77 +35,30 @@ pub struct PredictArgs {
 /// Runs `nin predict`.
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
+    if args.top_k == 0 {
+        anyhow::bail!("--top-k: expected at least 1, got 0");
+    }
     let device = parse_device(&args.device)?;
-    let loaded = nin_zoo::load_model_dir(&args.model, &device)
+    let classifier = Classifier::load(&args.model, &device)
         .with_context(|| format!("--model {}", args.model.display()))?;
-    let cfg = &loaded.config;
-    let [channels, height, width] = cfg.pretrained_cfg.input_size;
-    if channels != 3 {
-        anyhow::bail!("config.json: pretrained_cfg.input_size has {channels} channels; only RGB (3) is supported");
-    }
-    let preprocess = preprocess_of(&args.model, &cfg.pretrained_cfg)?;
-    if matches!(preprocess, Preprocess::GcnZca(_)) && [height, width] != [32, 32] {
-        anyhow::bail!(
-            "config.json: a whitened model takes 32×32 inputs, but pretrained_cfg.input_size is {:?}",
-            cfg.pretrained_cfg.input_size
-        );
-    }
-    // Each image resized to the model's input, as CHW bytes.
-    let mut pixels = Vec::with_capacity(args.images.len() * 3 * height * width);
+    let mut pixels = Vec::new();
     for path in &args.images {
-        let img = image::open(path)
-            .with_context(|| format!("{}: not a readable PNG or JPEG image", path.display()))?
-            .to_rgb8();
-        let img = image::imageops::resize(&img, width as u32, height as u32, FilterType::Triangle);
-        for c in 0..3 {
-            for y in 0..height {
-                for x in 0..width {
-                    pixels.push(img.get_pixel(x as u32, y as u32)[c]);
-                }
-            }
-        }
+        pixels.extend(classifier.load_image(path)?);
     }
-    // The same transform as training's data pipeline.
-    let inputs = match &preprocess {
-        Preprocess::Normalize(n) => {
-            let plane = height * width;
-            pixels
-                .iter()
-                .enumerate()
-                .map(|(i, &p)| {
-                    let c = i / plane % 3;
-                    (f32::from(p) / 255.0 - n.mean[c]) / n.std[c]
-                })
-                .collect()
-        }
-        Preprocess::GcnZca(zca) => zca.apply_images(&pixels)?,
-    };
-    let xs = Tensor::from_vec(inputs, (args.images.len(), 3, height, width), &Device::Cpu)?
-        .to_device(&device)?;
-    let logits = loaded.model.forward_t(&xs, false)?;
-    let probs = candle_nn::ops::softmax(&logits, 1)?;
-    let logits = logits.to_vec2::<f32>()?;
-    let probs = probs.to_vec2::<f32>()?;
-    let label = |i: usize| {
-        cfg.label_names
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("class {i}"))
-    };
-    let k = args.top_k.clamp(1, cfg.num_classes);
+    let inputs = classifier.inputs_from_pixels(&pixels)?;
+    let predictions = classifier.classify(&inputs)?;
     let mut out = Vec::new();
-    for ((path, logits), probs) in args.images.iter().zip(&logits).zip(&probs) {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let top: Vec<_> = order[..k]
-            .iter()
-            .map(|&i| (i, label(i), probs[i]))
+    for (i, path) in args.images.iter().enumerate() {
+        let top: Vec<_> = predictions
+            .top_k(i, args.top_k)
+            .into_iter()
+            .map(|(c, p)| (c, classifier.label(c), p))
             .collect();
         if args.json {
             out.push(serde_json::json!({
                 "path": path,
-                "logits": logits,
-                "probabilities": probs,
+                "logits": predictions.logits[i],
+                "probabilities": predictions.probabilities[i],
                 "top_k": top.iter().map(|(i, l, p)| serde_json::json!({"index": i, "label": l, "probability": p})).collect::<Vec<_>>(),
             }));
         } else {

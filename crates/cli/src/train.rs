@@ -14,11 +14,11 @@ use nin_data::{
     Dataset, Holdout, ImageSet, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
     ZcaConfig,
 };
-use nin_train::{
-    Control, EpochRecord, EvalReport, Finish, InputTransform, ModelSpec, PretrainedCfg, Progress,
-    Recipe, RunConfig, StartReport, StepReport,
+use nin_format::files::{TRAINER_STATE_JSON, WHITENING_SAFETENSORS};
+use nin_format::{
+    DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
 };
-use serde::{Deserialize, Serialize};
+use nin_train::{Control, EvalReport, Finish, Progress, StartReport, StepReport};
 
 use crate::common::{fresh_run_dir, load_dataset, parse_device, set_threads, LoaderSource};
 use crate::data::DatasetArg;
@@ -83,20 +83,6 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-/// How the run's data was prepared, recorded in `run.json` so `--resume` rebuilds it exactly.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DataSpec {
-    dataset: Dataset,
-    data: Option<PathBuf>,
-    limit_train: Option<usize>,
-    limit_eval: Option<usize>,
-    val: Option<usize>,
-    eval_split: Split,
-    normalize: Normalize,
-    augment: Option<nin_data::Augment>,
-}
-
 /// Runs `nin train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let threads = set_threads(args.threads)?;
@@ -114,8 +100,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         new_run(&args, threads)?
     };
-    let spec: DataSpec = serde_json::from_value(run.data.clone())
-        .context("run.json: the `data` entry is not one nin train wrote")?;
+    let spec = run.data.clone();
     let device = parse_device(&run.device)?;
 
     let cifar = load_dataset(spec.dataset, spec.data.as_deref(), LabelKind::Fine)?;
@@ -135,7 +120,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_set = eval_set.limit(n);
     }
     let preprocess = match run.recipe.input {
-        InputTransform::Normalize => Preprocess::Normalize(spec.normalize),
+        InputTransform::Normalize => nin_zoo::preprocess_of(&out, &run.model_dir_config())?,
         InputTransform::GcnZca {
             gcn_scale,
             regularizer,
@@ -149,7 +134,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     };
     let train_cfg = LoaderConfig {
-        augment: spec.augment,
+        augment: run.recipe.augment.is_active().then_some(run.recipe.augment),
         ..LoaderConfig::train(run.recipe.batch_size, run.seed)
     };
     let n_train = train_set.len();
@@ -252,9 +237,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// File of a run's GCN + ZCA transform, in the run folder and in every model directory.
-const WHITENING_FILE: &str = "whitening.safetensors";
-
 /// The run's GCN + ZCA transform: fitted on `train_set` and saved into `out` for a new run (the
 /// engine copies it into every model directory it writes), read back from `out` on `--resume`.
 fn whitening(
@@ -264,12 +246,12 @@ fn whitening(
     cfg: ZcaConfig,
     resume: bool,
 ) -> anyhow::Result<Zca> {
-    let path = out.join(WHITENING_FILE);
+    let path = out.join(WHITENING_SAFETENSORS);
     if resume {
         return Zca::load(&path)
             .with_context(|| format!("--resume: the run's whitening {}", path.display()));
     }
-    if out.join(nin_train::run_dir::TRAINER_STATE_JSON).exists() {
+    if out.join(TRAINER_STATE_JSON).exists() {
         bail!(
             "--out {} already holds a run: continue it with --resume, or pick another folder",
             out.display()
@@ -284,7 +266,7 @@ fn whitening(
     let zca = Zca::fit(train_set, cfg)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     zca.save(&path)?;
-    run.pretrained_cfg.whitening = Some(WHITENING_FILE.to_string());
+    run.pretrained_cfg.whitening = Some(WHITENING_SAFETENSORS.to_string());
     Ok(zca)
 }
 
@@ -331,12 +313,6 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
     };
     let model_args = nin_zoo::resolve_args(&model, num_classes, overrides.as_ref())?;
     let normalize = Normalize::published(dataset);
-    let augment =
-        (recipe.augment.flip || recipe.augment.crop_padding > 0).then_some(nin_data::Augment {
-            pad: recipe.augment.crop_padding,
-            flip: recipe.augment.flip,
-            cutout: None,
-        });
     let spec = DataSpec {
         dataset,
         data: args.data.clone(),
@@ -348,8 +324,6 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         } else {
             Split::Test
         },
-        normalize,
-        augment,
     };
     let out = args
         .out
@@ -374,7 +348,7 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
             extra: Default::default(),
         },
         label_names: Vec::new(),
-        data: serde_json::to_value(&spec)?,
+        data: spec,
         seed: args.seed,
         threads,
         device: args.device.clone(),

@@ -16,31 +16,13 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use nin_format::Augment;
+
 use crate::dataset::{ImageSet, IMAGE_BYTES};
 use crate::normalize::Normalize;
 use crate::rng::{rng_for, TAG_AUGMENT, TAG_SHUFFLE};
 use crate::zca::{Zca, ZcaTensors};
 use crate::{Error, Result};
-
-/// Random augmentation of training images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Augment {
-    /// Zero padding on each side before a random 32×32 crop (0 disables cropping).
-    pub pad: usize,
-    /// Random horizontal flip with probability ½.
-    pub flip: bool,
-    /// Side of a square zeroed at a random centre (cutout, DeVries & Taylor 2017), if any.
-    pub cutout: Option<usize>,
-}
-
-impl Augment {
-    /// The standard CIFAR augmentation: pad 4, random crop, horizontal flip.
-    pub const STANDARD: Augment = Augment {
-        pad: 4,
-        flip: true,
-        cutout: None,
-    };
-}
 
 /// How pixels become model inputs.
 #[derive(Clone, Debug)]
@@ -135,7 +117,7 @@ pub fn augment_image(
     rng: &mut impl Rng,
     out: &mut [f32],
 ) {
-    let pad = aug.pad as isize;
+    let pad = aug.crop_padding as isize;
     let (dy, dx) = if pad > 0 {
         let span = 2 * pad as i32;
         (

@@ -90,7 +90,7 @@ fn epochs_are_seeded_permutations() {
 fn resuming_at_batch_k_repeats_the_uninterrupted_run() -> TestResult {
     let mut cfg = LoaderConfig::train(16, 42);
     cfg.augment = Some(Augment {
-        pad: 4,
+        crop_padding: 4,
         flip: true,
         cutout: Some(8),
     });
@@ -144,7 +144,7 @@ fn crop_flip_and_cutout_semantics() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     // No pad, forced flip: each row reversed.
     let flip = Augment {
-        pad: 0,
+        crop_padding: 0,
         flip: true,
         cutout: None,
     };
@@ -167,7 +167,7 @@ fn crop_flip_and_cutout_semantics() {
     assert!((3..=17).contains(&flipped), "{flipped} flips of 20");
     // Crop: every output is a shifted copy with zeros (pixel 0) where it falls off the image.
     let crop = Augment {
-        pad: 4,
+        crop_padding: 4,
         flip: false,
         cutout: None,
     };
@@ -191,7 +191,7 @@ fn crop_flip_and_cutout_semantics() {
         assert!(found);
     }
     let cut = Augment {
-        pad: 0,
+        crop_padding: 0,
         flip: false,
         cutout: Some(8),
     };

@@ -24,7 +24,46 @@ pub enum Error {
         /// The shape that arrived.
         got: Vec<usize>,
     },
-    /// An error from candle itself.
+    /// A weights file is not a valid safetensors file.
+    #[error("{}: not a valid safetensors file", path.display())]
+    Safetensors {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the parser found.
+        source: safetensors::SafeTensorError,
+    },
+    /// A weights file lacks a tensor the model needs.
+    #[error("{}: tensor `{name}` is missing", file.display())]
+    MissingTensor {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// A weights file holds a tensor the model does not know.
+    #[error("{}: unexpected tensor `{name}` (not in the model)", file.display())]
+    UnexpectedTensor {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// A tensor of a weights file has the wrong shape.
+    #[error("{}: tensor `{name}`: expected shape {expected:?}, got {got:?}", file.display())]
+    ShapeMismatch {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    Format(#[from] nin_format::Error),
+    /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -34,6 +34,7 @@ mod model;
 mod pool;
 mod rng;
 mod skeleton;
+pub mod weights;
 
 pub use batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
 pub use conv::{conv2d, ConvOptions};

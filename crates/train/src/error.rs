@@ -7,32 +7,6 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading or writing a file failed.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done, e.g. `writing`.
-        action: &'static str,
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A JSON file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Json {
-        /// The JSON file.
-        path: PathBuf,
-        /// The underlying error.
-        source: serde_json::Error,
-    },
-    /// A safetensors file could not be parsed or written.
-    #[error("{}: {source}", path.display())]
-    Safetensors {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The underlying error.
-        source: safetensors::SafeTensorError,
-    },
     /// A checkpoint file lacks a tensor the model or optimiser needs.
     #[error("{}: tensor `{name}` is missing", file.display())]
     MissingTensor {
@@ -82,14 +56,6 @@ pub enum Error {
         field: &'static str,
         /// What is wrong with it.
         problem: String,
-    },
-    /// `Recipe::by_name` was given a name it does not know.
-    #[error("unknown recipe `{name}`; known recipes: {}", known.join(", "))]
-    UnknownRecipe {
-        /// The name asked for.
-        name: String,
-        /// The names that exist.
-        known: Vec<&'static str>,
     },
     /// A batch from a [`crate::BatchSource`] has the wrong shape or type.
     #[error("batch {batch_idx} of epoch {epoch}: expected {expected}, got {got}")]
@@ -151,6 +117,9 @@ pub enum Error {
     /// The data pipeline failed while producing a batch.
     #[error("data: {0}")]
     Data(Box<dyn std::error::Error + Send + Sync>),
+    /// Reading, writing or checking a file of the run folder failed.
+    #[error(transparent)]
+    Format(#[from] nin_format::Error),
     /// An error from the layers crate.
     #[error(transparent)]
     Layers(#[from] nin_layers::Error),
@@ -163,18 +132,6 @@ impl Error {
     /// Wraps a data-pipeline error, for [`crate::BatchSource`] implementations.
     pub fn data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Data(e.into())
-    }
-
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
     }
 
     pub(crate) fn invalid(

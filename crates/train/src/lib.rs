@@ -7,21 +7,21 @@ The training engine of the zoo, shared by the `nin` CLI and the sweep.
 - [`schedule`]: [`Schedule`] (constant, step, multi-step, cosine with warm-up, one-cycle,
   reduce-on-plateau), evaluated per iteration.
 - [`loss`]: [`cross_entropy`] with label smoothing; top-k helpers.
-- [`metrics`]: [`Confusion`] (top-1, top-5, per-class), [`EpochRecord`] and the CSV/JSON-lines
-  metrics files.
-- [`recipe`]: [`Recipe`] with the named recipes `paper`, `modern` and `cpu_quick`.
-- [`run_dir`]: the run-folder layout, model directories, [`RunConfig`] and [`TrainerState`].
+- [`metrics`]: [`Confusion`] (top-1, top-5, per-class).
+- [`run_dir`]: writing the run folder's model directories (the layout, `RunConfig`,
+  `TrainerState` and the recipes are `nin-format`'s).
 - [`trainer`]: [`train`], [`resume`] and [`evaluate`] over any [`nin_layers::ClassMapModel`] and
   [`BatchSource`], reporting through [`Progress`].
 
 A caller (the CLI) builds the model and its `VarMap` from the run seed, wraps its data pipeline
-in a [`BatchSource`], fills a [`RunConfig`] and calls [`train`]; to continue a run it reads
-[`RunConfig::load`], rebuilds the same model and data, and calls [`resume`].
+in a [`BatchSource`], fills a [`nin_format::RunConfig`] and calls [`train`]; to continue a run
+it reads [`nin_format::RunConfig::load`], rebuilds the same model and data, and calls [`resume`].
 
 ```
-use nin_train::{LrScheduler, Recipe};
+use nin_format::Recipe;
+use nin_train::LrScheduler;
 
-let recipe = Recipe::by_name("modern")?;
+let recipe = Recipe::by_name("modern").map_err(nin_train::Error::from)?;
 let sched = LrScheduler::new(recipe.schedule.clone(), recipe.lr, recipe.epochs, 391)?;
 assert!(sched.lr(0, 0) < recipe.lr); // warming up
 assert_eq!(sched.lr(5, 0), recipe.lr); // warm-up done
@@ -33,29 +33,20 @@ thread count and machine give bit-identical losses and weights, across interrupt
 */
 #![deny(missing_docs)]
 
-mod atomic;
 mod error;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
-pub mod recipe;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 
-pub use atomic::{
-    read_json, read_safetensors, write_atomic, write_json, write_safetensors, LoadedTensors,
-};
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, topk_correct};
-pub use metrics::{Confusion, EpochRecord};
-pub use optim::{AdamW, LrMultipliers, Optimizer, OptimizerConfig, Param, Sgd};
-pub use recipe::{Augment, InputTransform, Recipe, RECIPE_NAMES};
-pub use run_dir::{
-    copy_model_dir_files, load_model_dir_config, load_weights, save_model_dir, save_weights,
-    EpochProgress, ModelDirConfig, ModelSpec, PretrainedCfg, RunConfig, TrainerState,
-};
-pub use schedule::{LrScheduler, Monitor, Schedule, ScheduleState};
+pub use metrics::Confusion;
+pub use optim::{AdamW, Optimizer, Param, Sgd};
+pub use run_dir::{copy_model_dir_files, save_model_dir};
+pub use schedule::LrScheduler;
 pub use trainer::{
     evaluate, resume, train, BatchSource, Control, EvalReport, Finish, NoProgress, Progress,
     StartReport, StepReport, TrainOutcome,

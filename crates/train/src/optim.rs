@@ -8,62 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::PoisonError;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use candle_nn::VarMap;
+use nin_format::LrMultipliers;
+use nin_format::OptimizerConfig;
+pub use nin_layers::weights::named_vars;
+use nin_layers::weights::{read_safetensors, write_safetensors};
 use nin_layers::ParamRole;
-use serde::{Deserialize, Serialize};
 
-use crate::atomic::{meta_field, read_safetensors, write_safetensors};
 use crate::error::{Error, Result};
-
-/// Which optimiser to use, with its hyper-parameters (the learning rate comes from the schedule).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OptimizerConfig {
-    /// Stochastic gradient descent, PyTorch semantics with dampening 0.
-    Sgd {
-        /// Momentum factor μ in `[0, 1)`; 0 disables the momentum buffer.
-        momentum: f64,
-        /// Nesterov momentum (needs `momentum > 0`).
-        nesterov: bool,
-        /// L2 penalty added to the gradient of weights (not biases or batch-norm parameters).
-        weight_decay: f64,
-    },
-    /// Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch semantics.
-    AdamW {
-        /// Decay rate of the first moment, in `[0, 1)`.
-        beta1: f64,
-        /// Decay rate of the second moment, in `[0, 1)`.
-        beta2: f64,
-        /// Added to the denominator for stability, > 0.
-        eps: f64,
-        /// Decoupled decay: weights shrink by `lr · weight_decay` each step.
-        weight_decay: f64,
-    },
-}
-
-/// Learning-rate multipliers by parameter kind; a parameter that is both a bias and in the head
-/// gets the product.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LrMultipliers {
-    /// Multiplier for convolution biases (the NIN authors used 2).
-    pub bias: f64,
-    /// Multiplier for every parameter under the model's head prefix (the NIN authors used 0.1).
-    pub head: f64,
-}
-
-impl Default for LrMultipliers {
-    fn default() -> Self {
-        Self {
-            bias: 1.0,
-            head: 1.0,
-        }
-    }
-}
 
 /// A trainable parameter with how the optimiser treats it.
 #[derive(Clone, Debug)]
@@ -78,15 +32,6 @@ pub struct Param {
     pub lr_mult: f64,
     /// Whether weight decay applies.
     pub decay: bool,
-}
-
-/// All variables of `varmap` (buffers included), sorted by name so that every walk over them
-/// happens in the same order.
-pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
 }
 
 /// Classifies named variables into trainable [`Param`]s: buffers are dropped, weights are decayed,
@@ -191,21 +136,12 @@ impl Sgd {
         nesterov: bool,
         weight_decay: f64,
     ) -> Result<Self> {
-        if !(0.0..1.0).contains(&momentum) {
-            return Err(Error::invalid(
-                "sgd",
-                "momentum",
-                format!("must be in [0, 1), got {momentum}"),
-            ));
+        OptimizerConfig::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
         }
-        if nesterov && momentum == 0.0 {
-            return Err(Error::invalid(
-                "sgd",
-                "nesterov",
-                "needs momentum > 0, got momentum 0",
-            ));
-        }
-        check_decay("sgd", weight_decay)?;
+        .validate()?;
         let buffers = vec![None; params.len()];
         Ok(Self {
             params,
@@ -216,17 +152,6 @@ impl Sgd {
             steps: 0,
         })
     }
-}
-
-fn check_decay(what: &'static str, wd: f64) -> Result<()> {
-    if !(wd >= 0.0 && wd.is_finite()) {
-        return Err(Error::invalid(
-            what,
-            "weight_decay",
-            format!("must be finite and >= 0, got {wd}"),
-        ));
-    }
-    Ok(())
 }
 
 impl Optimizer for Sgd {
@@ -312,23 +237,13 @@ impl AdamW {
         eps: f64,
         weight_decay: f64,
     ) -> Result<Self> {
-        for (field, b) in [("beta1", beta1), ("beta2", beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(Error::invalid(
-                    "adamw",
-                    field,
-                    format!("must be in [0, 1), got {b}"),
-                ));
-            }
+        OptimizerConfig::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
         }
-        if !(eps.is_finite() && eps > 0.0) {
-            return Err(Error::invalid(
-                "adamw",
-                "eps",
-                format!("must be > 0, got {eps}"),
-            ));
-        }
-        check_decay("adamw", weight_decay)?;
+        .validate()?;
         let moments = vec![None; params.len()];
         Ok(Self {
             params,
@@ -410,6 +325,22 @@ impl Optimizer for AdamW {
     }
 }
 
+/// Reads a metadata entry, with an error naming the file when it is absent.
+fn meta_field<'a>(
+    file: &Path,
+    meta: &'a std::collections::HashMap<String, String>,
+    field: &'static str,
+) -> Result<&'a str> {
+    meta.get(field)
+        .map(String::as_str)
+        .ok_or_else(|| Error::BadMetadata {
+            file: file.to_path_buf(),
+            field,
+            expected: "a value".into(),
+            got: "nothing".into(),
+        })
+}
+
 /// Saves the optimiser state to a safetensors file (atomically), with metadata `optimizer`
 /// (kind), `step` and `extra` entries.
 pub fn save_optimizer_state(
@@ -420,7 +351,7 @@ pub fn save_optimizer_state(
     let mut meta = extra.clone();
     meta.insert("optimizer".into(), opt.kind().into());
     meta.insert("step".into(), opt.step_count().to_string());
-    write_safetensors(path, &opt.state_tensors(), &meta)
+    Ok(write_safetensors(path, &opt.state_tensors(), &meta)?)
 }
 
 /// Loads optimiser state saved by [`save_optimizer_state`], checking the optimiser kind, that

@@ -15,19 +15,22 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use nin_layers::{derive_seed, ClassMapModel};
 
-use crate::atomic::{create_dir, write_json};
-use crate::error::{Error, Result};
-use crate::loss::{cross_entropy, topk_correct};
-use crate::metrics::{write_metrics, Confusion, EpochRecord};
-use crate::optim::{
-    build_optimizer, load_optimizer_state, named_vars, save_optimizer_state, trainable_params,
-    Optimizer,
-};
-use crate::run_dir::{
-    copy_model_dir_files, load_weights, save_model_dir, save_weights, RunConfig, TrainerState,
+use nin_format::files::{
     BEST_DIR, CONFIG_JSON, MODEL_SAFETENSORS, OPTIMIZER_SAFETENSORS, RUN_JSON, TRAINER_STATE_JSON,
 };
-use crate::schedule::{LrScheduler, Monitor};
+use nin_format::{
+    create_dir, write_json, write_metrics, EpochRecord, Monitor, RunConfig, TrainerState,
+};
+use nin_layers::weights::{load_weights, named_vars, save_weights};
+
+use crate::error::{Error, Result};
+use crate::loss::{cross_entropy, topk_correct};
+use crate::metrics::Confusion;
+use crate::optim::{
+    build_optimizer, load_optimizer_state, save_optimizer_state, trainable_params, Optimizer,
+};
+use crate::run_dir::{copy_model_dir_files, save_model_dir};
+use crate::schedule::LrScheduler;
 
 /// A supply of `(images, labels)` batches: images f32 `[N, 3, H, W]` (normalised), labels u32
 /// `[N]`.
@@ -243,6 +246,14 @@ pub fn resume(
     run_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome> {
+    for file in [RUN_JSON, TRAINER_STATE_JSON] {
+        if !run_dir.join(file).is_file() {
+            return Err(Error::NoCheckpoint {
+                path: run_dir.to_path_buf(),
+                file,
+            });
+        }
+    }
     let run = RunConfig::load(run_dir)?;
     check_run(model, &run, eval.is_some())?;
     let state = TrainerState::load(run_dir)?;

@@ -8,13 +8,17 @@ use std::sync::PoisonError;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, Conv2d, VarMap};
+use nin_format::{
+    DataSpec, Dataset, EpochRecord, ModelSpec, PretrainedCfg, Recipe, RunConfig, Schedule, Split,
+};
+use nin_layers::weights::load_weights;
 use nin_layers::{
     derive_seed, global_avg_pool, seeded_rng, seeded_var_builder, ClassMapModel, Dropout,
     DropoutRng,
 };
 use nin_train::{
-    load_weights, resume, train, BatchSource, Control, EpochRecord, Error, EvalReport, Finish,
-    ModelSpec, NoProgress, PretrainedCfg, Progress, Recipe, RunConfig, Schedule, StepReport,
+    resume, train, BatchSource, Control, Error, EvalReport, Finish, NoProgress, Progress,
+    StepReport,
 };
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -180,7 +184,15 @@ fn run_config(recipe: Recipe, seed: u64, every: Option<usize>) -> RunConfig {
             extra: Default::default(),
         },
         label_names: (0..N_CLASSES).map(|i| format!("class{i}")).collect(),
-        data: serde_json::json!({"dataset": "synthetic"}),
+        // The engine never reads the data section (the source is synthetic); the caller's.
+        data: DataSpec {
+            dataset: Dataset::Cifar10,
+            data: None,
+            limit_train: None,
+            limit_eval: None,
+            val: None,
+            eval_split: Split::Test,
+        },
         seed,
         threads: 1,
         device: "cpu".into(),
@@ -454,14 +466,14 @@ fn resume_after_a_crash_ends_with_identical_weights() {
 #[test]
 fn resume_after_save_and_stop_at_an_epoch_boundary_with_adamw_and_plateau() {
     let mut r = recipe(3, 0.01);
-    r.optimizer = nin_train::OptimizerConfig::AdamW {
+    r.optimizer = nin_format::OptimizerConfig::AdamW {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.05,
     };
     r.schedule = Schedule::ReduceOnPlateau {
-        monitor: nin_train::Monitor::EvalTop1,
+        monitor: nin_format::Monitor::EvalTop1,
         factor: 0.5,
         patience: 0,
         threshold: 0.0,

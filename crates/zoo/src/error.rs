@@ -1,4 +1,5 @@
-//! The zoo's error type: unknown names, bad model arguments, unreadable model directories.
+//! The zoo's error type: unknown names, bad model arguments, unreadable model directories and
+//! images, non-finite answers.
 
 use std::path::PathBuf;
 
@@ -33,9 +34,28 @@ pub enum Error {
     /// Layer construction failed.
     #[error(transparent)]
     Layers(#[from] nin_layers::Error),
-    /// Reading or writing run files failed.
+    /// Reading a file of the model directory failed.
     #[error(transparent)]
-    Train(#[from] nin_train::Error),
+    Format(#[from] nin_format::Error),
+    /// Reading or applying the model's input transform failed.
+    #[error(transparent)]
+    Data(#[from] nin_data::Error),
+    /// An image could not be read or decoded.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model produced NaN or infinite outputs (damaged weights or whitening).
+    #[error("model directory {}: the model's {what} are not finite (NaN or infinite): its weights or whitening are damaged", dir.display())]
+    NonFinite {
+        /// The model directory.
+        dir: PathBuf,
+        /// Which outputs.
+        what: &'static str,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

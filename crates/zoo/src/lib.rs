@@ -1,5 +1,7 @@
 /*!
-The zoo: every model of every family by name, and loading a trained model directory.
+The zoo: every model of every family by name, loading a trained model directory, and the
+inference pipeline ([`Classifier`]: model directory → preprocessed inputs → logits,
+probabilities, class maps) that every caller shares.
 
 A model is named by its preset (`nin`, `nin_bn`, …, see [`MODELS`]); its full architecture is the
 family's serde `Config`, carried as JSON (`model_args`) so run folders, `config.json` and the CLI
@@ -15,10 +17,14 @@ assert_eq!(created.info.param_count, 966_986);
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "image")]
+mod image;
+mod inference;
 mod model_dir;
 mod registry;
 
 pub use error::{Error, Result};
+pub use inference::{preprocess_of, Classifier, Predictions};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use registry::{
     create_model, find, resolve_args, with_batch_norm, CreatedModel, Family, FamilyOf, ModelEntry,

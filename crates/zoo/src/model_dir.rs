@@ -5,8 +5,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
+use nin_format::files::MODEL_SAFETENSORS;
+use nin_format::ModelDirConfig;
 use nin_layers::ClassMapModel;
-use nin_train::ModelDirConfig;
 
 use crate::error::{Error, Result};
 use crate::registry::{find, resolve_args, ModelEntry};
@@ -17,7 +18,8 @@ pub struct LoadedModel {
     pub model: Box<dyn ClassMapModel>,
     /// Its variables.
     pub varmap: VarMap,
-    /// The directory's `config.json`.
+    /// The directory's `config.json`, with `model_args` resolved (a config without them gets
+    /// the preset's defaults for its `num_classes`).
     pub config: ModelDirConfig,
     /// The preset.
     pub entry: &'static ModelEntry,
@@ -35,13 +37,12 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
             "not a directory (expected config.json and model.safetensors)".into(),
         ));
     }
-    let config = nin_train::load_model_dir_config(dir)?;
+    let mut config = ModelDirConfig::load(dir)?;
     let entry = find(&config.model)?;
-    let args = if config.model_args.is_null() {
-        resolve_args(&config.model, config.num_classes, None)?
-    } else {
-        config.model_args.clone()
-    };
+    if config.model_args.is_null() {
+        config.model_args = resolve_args(&config.model, config.num_classes, None)?;
+    }
+    let args = &config.model_args;
     if args.get("num_classes").and_then(|v| v.as_u64()) != Some(config.num_classes as u64) {
         return Err(bad(format!(
             "config.json: num_classes is {} but model_args.num_classes is {}",
@@ -58,8 +59,8 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
     }
     let varmap = VarMap::new();
     let vb = nin_layers::seeded_var_builder(&varmap, 0, DType::F32, device);
-    let model = entry.family.build(&config.model, &args, vb)?;
-    nin_train::load_weights(&dir.join(nin_train::run_dir::MODEL_SAFETENSORS), &varmap)?;
+    let model = entry.family.build(&config.model, args, vb)?;
+    nin_layers::weights::load_weights(&dir.join(MODEL_SAFETENSORS), &varmap)?;
     Ok(LoadedModel {
         model,
         varmap,

@@ -4,18 +4,41 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::optim::{LrMultipliers, OptimizerConfig};
 use crate::schedule::{Monitor, Schedule};
 
-/// Data augmentation the data pipeline should apply to training batches (the engine records
-/// it; the CLI configures the data source from it).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Random augmentation of training images, the one type the recipe records and the data
+/// pipeline (`nin-data`'s loader) applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Augment {
-    /// Random horizontal flips.
+    /// Random horizontal flip with probability ½.
     pub flip: bool,
     /// Zero-pad by this many pixels, then take a random 32×32 crop (0 disables the crop).
     pub crop_padding: usize,
+    /// Side of a square zeroed at a random centre (cutout, DeVries & Taylor 2017), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutout: Option<usize>,
+}
+
+impl Augment {
+    /// No augmentation.
+    pub const NONE: Augment = Augment {
+        flip: false,
+        crop_padding: 0,
+        cutout: None,
+    };
+
+    /// The standard CIFAR augmentation: pad 4, random crop, horizontal flip.
+    pub const STANDARD: Augment = Augment {
+        flip: true,
+        crop_padding: 4,
+        cutout: None,
+    };
+
+    /// Whether it changes any image.
+    pub fn is_active(&self) -> bool {
+        self.flip || self.crop_padding > 0 || self.cutout.is_some_and(|s| s > 0)
+    }
 }
 
 /// How pixels become the network's inputs (the engine records it; the CLI builds the data
@@ -35,6 +58,116 @@ pub enum InputTransform {
         /// Added to each eigenvalue of the covariance (0.1 in the paper).
         regularizer: f64,
     },
+}
+
+/// Which optimiser to use, with its hyper-parameters (the learning rate comes from the schedule).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Stochastic gradient descent, PyTorch semantics with dampening 0.
+    Sgd {
+        /// Momentum factor μ in `[0, 1)`; 0 disables the momentum buffer.
+        momentum: f64,
+        /// Nesterov momentum (needs `momentum > 0`).
+        nesterov: bool,
+        /// L2 penalty added to the gradient of weights (not biases or batch-norm parameters).
+        weight_decay: f64,
+    },
+    /// Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch semantics.
+    AdamW {
+        /// Decay rate of the first moment, in `[0, 1)`.
+        beta1: f64,
+        /// Decay rate of the second moment, in `[0, 1)`.
+        beta2: f64,
+        /// Added to the denominator for stability, > 0.
+        eps: f64,
+        /// Decoupled decay: weights shrink by `lr · weight_decay` each step.
+        weight_decay: f64,
+    },
+}
+
+/// Learning-rate multipliers by parameter kind; a parameter that is both a bias and in the head
+/// gets the product.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrMultipliers {
+    /// Multiplier for convolution biases (the NIN authors used 2).
+    pub bias: f64,
+    /// Multiplier for every parameter under the model's head prefix (the NIN authors used 0.1).
+    pub head: f64,
+}
+
+impl Default for LrMultipliers {
+    fn default() -> Self {
+        Self {
+            bias: 1.0,
+            head: 1.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            OptimizerConfig::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(Error::invalid(
+                        "sgd",
+                        "momentum",
+                        format!("must be in [0, 1), got {momentum}"),
+                    ));
+                }
+                if nesterov && momentum == 0.0 {
+                    return Err(Error::invalid(
+                        "sgd",
+                        "nesterov",
+                        "needs momentum > 0, got momentum 0",
+                    ));
+                }
+                check_decay("sgd", weight_decay)
+            }
+            OptimizerConfig::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                for (field, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(&b) {
+                        return Err(Error::invalid(
+                            "adamw",
+                            field,
+                            format!("must be in [0, 1), got {b}"),
+                        ));
+                    }
+                }
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(Error::invalid(
+                        "adamw",
+                        "eps",
+                        format!("must be > 0, got {eps}"),
+                    ));
+                }
+                check_decay("adamw", weight_decay)
+            }
+        }
+    }
+}
+
+fn check_decay(what: &'static str, wd: f64) -> Result<()> {
+    if !(wd >= 0.0 && wd.is_finite()) {
+        return Err(Error::invalid(
+            what,
+            "weight_decay",
+            format!("must be finite and >= 0, got {wd}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Every hyper-parameter of a training run.
@@ -111,10 +244,7 @@ impl Recipe {
                 min_lr: 1e-3,
             },
             label_smoothing: 0.0,
-            augment: Augment {
-                flip: false,
-                crop_padding: 0,
-            },
+            augment: Augment::NONE,
             input: InputTransform::GcnZca {
                 gcn_scale: 55.0,
                 regularizer: 0.1,
@@ -146,10 +276,7 @@ impl Recipe {
                 min_lr: 0.0,
             },
             label_smoothing: 0.1,
-            augment: Augment {
-                flip: true,
-                crop_padding: 4,
-            },
+            augment: Augment::STANDARD,
             input: InputTransform::Normalize,
             prefer_batch_norm: true,
         }
@@ -189,6 +316,7 @@ impl Recipe {
             augment: Augment {
                 flip: true,
                 crop_padding: 0,
+                cutout: None,
             },
             input: InputTransform::Normalize,
             prefer_batch_norm: false,
@@ -261,8 +389,7 @@ impl Recipe {
             }
         }
         self.schedule.validate()?;
-        // Builds a throw-away optimiser to check its hyper-parameters.
-        crate::optim::build_optimizer(&self.optimizer, Vec::new()).map(|_| ())
+        self.optimizer.validate()
     }
 }
 

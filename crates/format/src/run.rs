@@ -1,0 +1,91 @@
+//! `run.json`: the full resolved configuration of a training run, written when it starts and
+//! read back by `--resume`, `nin eval --split val` and the sweep.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::read_json;
+use crate::dataset::{Dataset, Split};
+use crate::error::Result;
+use crate::files::RUN_JSON;
+use crate::model_dir::{ModelDirConfig, PretrainedCfg};
+use crate::recipe::Recipe;
+
+/// Which model a run trains, as the model-directory format names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Preset name, e.g. `nin`.
+    pub name: String,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// The model's full `Config`, serialised by the model crate.
+    pub model_args: serde_json::Value,
+}
+
+/// Which images a run trains and evaluates on, so that `--resume` and `nin eval --split val`
+/// rebuild exactly the same splits. (Normalisation is `pretrained_cfg`'s; augmentation the
+/// recipe's.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// The dataset.
+    pub dataset: Dataset,
+    /// The archive or folder given with `--data` (`None`: the cache).
+    pub data: Option<PathBuf>,
+    /// Only the first N training images.
+    pub limit_train: Option<usize>,
+    /// Only the first N evaluation images.
+    pub limit_eval: Option<usize>,
+    /// Training images held out as the validation split (drawn with the run seed).
+    pub val: Option<usize>,
+    /// The split evaluated after each epoch (`val` when `val` is set, else `test`).
+    pub eval_split: Split,
+}
+
+/// The full resolved configuration of a run (`run.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Every training hyper-parameter.
+    pub recipe: Recipe,
+    /// The model trained.
+    pub model: ModelSpec,
+    /// Its input contract.
+    pub pretrained_cfg: PretrainedCfg,
+    /// Class names, in label order.
+    pub label_names: Vec<String>,
+    /// The data the run trains and evaluates on.
+    pub data: DataSpec,
+    /// The run seed: model init, dropout (re-seeded every step from it) and data order.
+    pub seed: u64,
+    /// Worker threads; bit-identical results need the same count.
+    pub threads: usize,
+    /// The device trained on, as the caller names it (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Also checkpoint every this many steps (besides every epoch end), so a killed run resumes
+    /// mid-epoch.
+    pub checkpoint_every_steps: Option<usize>,
+    /// Software versions (`nin-train` is filled in by the engine; the CLI adds its own).
+    pub versions: BTreeMap<String, String>,
+}
+
+impl RunConfig {
+    /// The `config.json` this run's model directories carry.
+    pub fn model_dir_config(&self) -> ModelDirConfig {
+        ModelDirConfig {
+            model: self.model.name.clone(),
+            num_classes: self.model.num_classes,
+            model_args: self.model.model_args.clone(),
+            pretrained_cfg: self.pretrained_cfg.clone(),
+            label_names: self.label_names.clone(),
+        }
+    }
+
+    /// Reads `run.json` from a run folder.
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        read_json(&run_dir.join(RUN_JSON))
+    }
+}

@@ -233,6 +233,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             outcome.state.step_in_epoch,
             out.display()
         ),
+        Finish::AlreadyFinished => eprintln!(
+            "nothing to resume: {} already finished all {} epochs",
+            out.display(),
+            outcome.state.epoch
+        ),
     }
     Ok(())
 }

@@ -15,6 +15,35 @@ pub enum Error {
         /// The tensor name.
         name: String,
     },
+    /// An optimiser state file lacks a tensor that every parameter has once a step was taken.
+    #[error(
+        "{}: tensor `{name}` is missing, but the optimiser had taken {steps} steps, after which \
+         every parameter has it (damaged checkpoint?)", file.display()
+    )]
+    MissingOptimizerState {
+        /// The optimiser state file.
+        file: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The optimiser's step count recorded in the file.
+        steps: u64,
+    },
+    /// A checkpoint tensor holds NaN or infinity, which no saved checkpoint does.
+    #[error("{}: tensor `{name}` holds NaN or infinity (damaged checkpoint?)", file.display())]
+    NonFiniteTensor {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// The checkpoint that `trainer_state.json` commits to is absent or disagrees with it.
+    #[error("{}: {problem}", dir.display())]
+    BadCheckpoint {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A checkpoint file holds a tensor the model or optimiser does not know.
     #[error("{}: unexpected tensor `{name}` (not in the model or optimiser)", file.display())]
     UnexpectedTensor {

@@ -12,6 +12,8 @@ The training engine of the zoo, shared by the `nin` CLI and the sweep.
   `TrainerState` and the recipes are `nin-format`'s).
 - [`trainer`]: [`train`], [`resume`] and [`evaluate`] over any [`nin_layers::ClassMapModel`] and
   [`BatchSource`], reporting through [`Progress`].
+- Checkpoints: written so that a kill at any instant leaves a resumable run (the layout is
+  documented in [`nin_format::files`]); [`CheckpointStage`] names the points inside one.
 
 A caller (the CLI) builds the model and its `VarMap` from the run seed, wraps its data pipeline
 in a [`BatchSource`], fills a [`nin_format::RunConfig`] and calls [`train`]; to continue a run
@@ -33,6 +35,7 @@ thread count and machine give bit-identical losses and weights, across interrupt
 */
 #![deny(missing_docs)]
 
+mod checkpoint;
 mod error;
 pub mod loss;
 pub mod metrics;
@@ -41,6 +44,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 
+pub use checkpoint::CheckpointStage;
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, topk_correct};
 pub use metrics::Confusion;

@@ -294,19 +294,36 @@ fn loss_decreases_and_run_folder_is_complete() {
     );
     assert!(last.eval_top1.unwrap() > 50.0, "{last:?}");
 
+    // 6 epochs of 6 steps: the committed checkpoint is the last epoch's end, and only it.
     for file in [
         "config.json",
         "model.safetensors",
-        "optimizer.safetensors",
         "trainer_state.json",
         "run.json",
         "metrics.csv",
         "metrics.jsonl",
         "best/config.json",
         "best/model.safetensors",
+        "checkpoints/step-000000036-epoch-0006/model.safetensors",
+        "checkpoints/step-000000036-epoch-0006/optimizer.safetensors",
+        "checkpoints/step-000000036-epoch-0006/trainer_state.json",
     ] {
         assert!(dir.path().join(file).is_file(), "missing {file}");
     }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+        std::fs::read(
+            dir.path()
+                .join("checkpoints/step-000000036-epoch-0006/model.safetensors")
+        )
+        .unwrap()
+    );
     no_temp_files(dir.path()).unwrap();
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
@@ -449,17 +466,21 @@ fn resume_after_a_crash_ends_with_identical_weights() {
     assert_eq!(out.state.history.len(), 3);
     no_temp_files(dir.path()).unwrap();
 
-    // Resuming a finished run is a no-op that reports completion.
+    // Resuming a finished run trains nothing and says so.
+    let (model, varmap) = Tiny::build(run_back.seed).unwrap();
+    let mut after = Recorder::default();
     let out = resume(
         &model,
         &varmap,
         &mut t,
         Some(&mut e),
         dir.path(),
-        &mut NoProgress,
+        &mut after,
     )
     .unwrap();
-    assert_eq!(out.finish, Finish::Completed);
+    assert_eq!(out.finish, Finish::AlreadyFinished);
+    assert!(after.losses.is_empty() && after.checkpoints.is_empty());
+    assert_eq!(out.state.history.len(), 3);
     assert_eq!(weights(&varmap).unwrap(), reference_weights);
 }
 

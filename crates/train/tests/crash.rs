@@ -4,6 +4,8 @@
 //! temporary files a kill inside an atomic write leaves are added, and the resumed run must end
 //! bit for bit where the uninterrupted one did. Also: what resume refuses to trust.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

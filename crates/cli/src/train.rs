@@ -18,7 +18,7 @@ use nin_format::files::{TRAINER_STATE_JSON, WHITENING_SAFETENSORS};
 use nin_format::{
     DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
 };
-use nin_train::{Control, EvalReport, Finish, Progress, StartReport, StepReport};
+use nin_train::{CheckpointStage, Control, EvalReport, Finish, Progress, StartReport, StepReport};
 
 use crate::common::{fresh_run_dir, load_dataset, parse_device, set_threads, LoaderSource};
 use crate::data::DatasetArg;
@@ -85,6 +85,7 @@ pub struct TrainArgs {
 
 /// Runs `nin train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let kill_point = KillPoint::from_env()?;
     let threads = set_threads(args.threads)?;
     let (mut run, out) = if args.resume {
         let out = args.out.clone().context("--resume needs --out DIR")?;
@@ -191,6 +192,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let mut progress = BarProgress::new(run.recipe.batch_size, args.quiet, interrupted);
+    progress.kill_point = kill_point;
     let outcome = if args.resume {
         nin_train::resume(
             created.model.as_ref(),
@@ -375,6 +377,7 @@ struct BarProgress {
     first_step: usize,
     last_step: usize,
     loss_ema: Option<f32>,
+    kill_point: Option<KillPoint>,
 }
 
 impl BarProgress {
@@ -390,6 +393,7 @@ impl BarProgress {
             first_step: 0,
             last_step: 0,
             loss_ema: None,
+            kill_point: None,
         }
     }
 
@@ -463,6 +467,13 @@ impl Progress for BarProgress {
         Control::Continue
     }
 
+    fn on_checkpoint_stage(&mut self, stage: CheckpointStage) -> Control {
+        if let Some(kill_point) = &mut self.kill_point {
+            kill_point.reached(stage);
+        }
+        Control::Continue
+    }
+
     fn on_epoch_end(&mut self, record: &EpochRecord, _eval: Option<&EvalReport>) -> Control {
         let images = self.last_step.saturating_sub(self.first_step) * self.batch_size;
         let secs = self.epoch_start.elapsed().as_secs_f64().max(1e-9);
@@ -489,4 +500,61 @@ impl Progress for BarProgress {
         );
         Control::Continue
     }
+}
+
+/// The crash tests' hook, `NIN_TEST_KILL_AT=<stage>[:<n>]`: the process kills itself with SIGKILL
+/// the `n`-th time (default 1) a checkpoint reaches `<stage>` (a [`CheckpointStage::name`], e.g.
+/// `committed`), leaving the run folder exactly as a kill at that instant would.
+struct KillPoint {
+    stage: CheckpointStage,
+    nth: usize,
+    seen: usize,
+}
+
+impl KillPoint {
+    const VAR: &'static str = "NIN_TEST_KILL_AT";
+
+    fn from_env() -> anyhow::Result<Option<Self>> {
+        let Ok(spec) = std::env::var(Self::VAR) else {
+            return Ok(None);
+        };
+        let (name, nth) = spec.split_once(':').unwrap_or((&spec, "1"));
+        let stage = CheckpointStage::from_name(name).with_context(|| {
+            let names: Vec<&str> = CheckpointStage::ALL.iter().map(|s| s.name()).collect();
+            format!(
+                "{}={spec}: unknown stage `{name}`; expected one of {}",
+                Self::VAR,
+                names.join(", ")
+            )
+        })?;
+        let nth =
+            nth.parse().ok().filter(|&n| n > 0).with_context(|| {
+                format!("{}={spec}: expected <stage>:<n> with n ≥ 1", Self::VAR)
+            })?;
+        Ok(Some(Self {
+            stage,
+            nth,
+            seen: 0,
+        }))
+    }
+
+    fn reached(&mut self, stage: CheckpointStage) {
+        if stage != self.stage {
+            return;
+        }
+        self.seen += 1;
+        if self.seen == self.nth {
+            kill_self();
+        }
+    }
+}
+
+fn kill_self() {
+    #[cfg(unix)]
+    // SAFETY: raise only sends a signal to this process; SIGKILL cannot be caught, so no code of
+    // ours runs after it.
+    unsafe {
+        libc::raise(libc::SIGKILL);
+    }
+    std::process::abort();
 }

@@ -3,5 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bench;
+#[cfg(unix)]
+mod crash;
 mod data;
 mod train;

@@ -128,8 +128,11 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// Tensors by name, as raw bits.
+type Bits = Vec<(String, Vec<u32>)>;
+
 /// A safetensors file's tensors as raw bits (its metadata's order in the file is not fixed).
-fn tensor_bits(path: &Path) -> Result<Vec<(String, Vec<u32>)>, Box<dyn std::error::Error>> {
+fn tensor_bits(path: &Path) -> Result<Bits, Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     for (name, t) in candle_core::safetensors::load(path, &Device::Cpu)? {
         let values = t.flatten_all()?.to_vec1::<f32>()?;

@@ -7,14 +7,6 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A checkpoint file lacks a tensor the model or optimiser needs.
-    #[error("{}: tensor `{name}` is missing", file.display())]
-    MissingTensor {
-        /// The checkpoint file.
-        file: PathBuf,
-        /// The tensor name.
-        name: String,
-    },
     /// An optimiser state file lacks a tensor that every parameter has once a step was taken.
     #[error(
         "{}: tensor `{name}` is missing, but the optimiser had taken {steps} steps, after which \

@@ -1,5 +1,5 @@
 /*!
-The training engine of the zoo, shared by the `nin` CLI and the sweep.
+The training engine of the zoo, which `nin train` drives.
 
 - [`optim`]: [`Sgd`] (momentum, Nesterov, weight decay on weights only) and [`AdamW`], with
   per-parameter learning-rate multipliers and state saved by parameter name; candle's own `SGD`

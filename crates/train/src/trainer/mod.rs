@@ -1,6 +1,6 @@
-//! The training loop shared by the CLI and the sweep: it drives any [`ClassMapModel`] over a
-//! [`BatchSource`], checkpoints into a run folder, and resumes from one so that an interrupted
-//! run ends with the same weights as an uninterrupted one.
+//! The training loop: it drives any [`ClassMapModel`] over a [`BatchSource`], checkpoints into a
+//! run folder, and resumes from one so that an interrupted run ends with the same weights as an
+//! uninterrupted one.
 //!
 //! Reproducibility rests on four things: the optimiser walks parameters in name order; the
 //! model's dropout is re-seeded before every step from `(seed, global step)`; the data source

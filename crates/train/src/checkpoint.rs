@@ -135,22 +135,14 @@ pub(crate) fn save(
     }
     let tmp = temp_path(&dir)?;
     create_dir(&tmp)?;
-    let meta = BTreeMap::from([
-        ("global_step".to_string(), state.global_step.to_string()),
-        ("epoch".to_string(), state.epoch.to_string()),
-        ("model".to_string(), snap.model_name.to_string()),
-    ]);
-    save_weights(&tmp.join(MODEL_SAFETENSORS), snap.varmap, &meta)?;
-    if reached(progress, CheckpointStage::ModelWritten) {
-        return Ok(Written::Abandoned);
-    }
-    save_optimizer_state(&tmp.join(OPTIMIZER_SAFETENSORS), snap.opt, &meta)?;
-    if reached(progress, CheckpointStage::OptimizerWritten) {
-        return Ok(Written::Abandoned);
-    }
-    write_json(&tmp.join(TRAINER_STATE_JSON), state)?;
-    if reached(progress, CheckpointStage::StateWritten) {
-        return Ok(Written::Abandoned);
+    match write_folder(snap, &tmp, progress) {
+        Ok(Written::Whole) => {}
+        Ok(Written::Abandoned) => return Ok(Written::Abandoned),
+        Err(e) => {
+            // A failed write (a full disk) leaves nothing behind; the commit is untouched.
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
     }
     fs::rename(&tmp, &dir).map_err(|e| io_error("renaming into place", &dir, e))?;
     sync_dir(&checkpoints)?;
@@ -170,6 +162,31 @@ pub(crate) fn save(
     }
     prune(snap.run_dir, &name)?;
     if reached(progress, CheckpointStage::Pruned) {
+        return Ok(Written::Abandoned);
+    }
+    Ok(Written::Whole)
+}
+
+/// Writes the three files of a checkpoint into the fresh folder `tmp`.
+fn write_folder(snap: &Snapshot<'_>, tmp: &Path, progress: &mut dyn Progress) -> Result<Written> {
+    let meta = BTreeMap::from([
+        (
+            "global_step".to_string(),
+            snap.state.global_step.to_string(),
+        ),
+        ("epoch".to_string(), snap.state.epoch.to_string()),
+        ("model".to_string(), snap.model_name.to_string()),
+    ]);
+    save_weights(&tmp.join(MODEL_SAFETENSORS), snap.varmap, &meta)?;
+    if reached(progress, CheckpointStage::ModelWritten) {
+        return Ok(Written::Abandoned);
+    }
+    save_optimizer_state(&tmp.join(OPTIMIZER_SAFETENSORS), snap.opt, &meta)?;
+    if reached(progress, CheckpointStage::OptimizerWritten) {
+        return Ok(Written::Abandoned);
+    }
+    write_json(&tmp.join(TRAINER_STATE_JSON), snap.state)?;
+    if reached(progress, CheckpointStage::StateWritten) {
         return Ok(Written::Abandoned);
     }
     Ok(Written::Whole)

@@ -35,9 +35,11 @@
 //!
 //! A kill before step 3 leaves the previous commit and its folder untouched (the root weights
 //! may already be the newer ones, which is harmless); a kill after it leaves the new commit
-//! whole. Resuming reads only the committed folder, then removes what a kill can leave behind:
-//! temporary files and folders, uncommitted or older step folders, a root `model.safetensors`
-//! that is not the committed one, and metrics files that lag the committed history.
+//! whole. Resuming reads only the committed folder, then tidies what a kill can leave behind:
+//! it removes temporary files and folders and uncommitted or older step folders, and rewrites a
+//! root `model.safetensors` that is not the committed one's and metrics files that lag the
+//! committed history. `best/`, written at an epoch's end before that epoch's checkpoint, may
+//! briefly be ahead of the commit; the resumed run replays the epoch and rewrites it identically.
 //! A run folder with `run.json` but no `trainer_state.json` was killed before its first commit
 //! and resumes from step 0.
 //! Run folders written before this layout (`optimizer.safetensors` at the root, no

@@ -4,4 +4,5 @@
 
 mod bench;
 mod data;
+mod lifecycle;
 mod train;

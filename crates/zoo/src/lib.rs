@@ -16,6 +16,7 @@ assert_eq!(created.info.param_count, 966_986);
 */
 #![deny(missing_docs)]
 
+mod bounds;
 mod error;
 #[cfg(feature = "image")]
 mod image;

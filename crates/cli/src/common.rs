@@ -32,6 +32,12 @@ fn cuda_device(ordinal: usize) -> anyhow::Result<Device> {
     Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
 }
 
+/// Parses a count that must be at least 1 (`--epochs`, `--limit-train`, …), so that clap's
+/// message names the flag.
+pub fn positive() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 /// The most worker threads `--threads` accepts: beyond any machine this runs on, and well
 /// below what the system refuses to start.
 const MAX_THREADS: usize = 1024;

@@ -10,7 +10,9 @@ use nin_format::files::RUN_JSON;
 use nin_format::RunConfig;
 use nin_zoo::Classifier;
 
-use crate::common::{dataset_for_classes, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::common::{
+    dataset_for_classes, load_dataset, parse_device, positive, set_threads, LoaderSource,
+};
 use crate::data::DatasetArg;
 
 /// Arguments of `nin eval`.
@@ -30,16 +32,16 @@ pub struct EvalArgs {
     split: SplitArg,
     /// Size of the validation hold-out (default: read from the run's run.json, beside the
     /// model directory or one folder up for a run's best/).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     val: Option<usize>,
     /// Seed of the validation hold-out (default: the run's seed, from its run.json).
     #[arg(long)]
     seed: Option<u64>,
     /// Evaluate the first N images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_eval: Option<usize>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive())]
     batch_size: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -69,6 +71,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         Some(d) => Dataset::from(d),
         None => dataset_for_classes(cfg.num_classes)?,
     };
+    let (split, holdout) = match args.split {
+        SplitArg::Test => (Split::Test, None),
+        SplitArg::Val => (Split::Val, Some(validation_holdout(&args)?)),
+    };
     let cifar = load_dataset(dataset, args.data.as_deref(), LabelKind::Fine)?;
     if cifar.train.n_classes != cfg.num_classes {
         anyhow::bail!(
@@ -78,10 +84,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             cifar.train.n_classes
         );
     }
-    let (split, holdout) = match args.split {
-        SplitArg::Test => (Split::Test, None),
-        SplitArg::Val => (Split::Val, Some(validation_holdout(&args)?)),
-    };
     let mut set = cifar.split(split, holdout)?;
     if let Some(n) = args.limit_eval {
         set = set.limit(n);

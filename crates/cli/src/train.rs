@@ -20,7 +20,9 @@ use nin_format::{
 };
 use nin_train::{Control, EvalReport, Finish, Progress, StartReport, StepReport};
 
-use crate::common::{claim_run_dir, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::common::{
+    claim_run_dir, load_dataset, parse_device, positive, set_threads, LoaderSource,
+};
 use crate::data::DatasetArg;
 use crate::exit::Interrupted;
 
@@ -41,10 +43,10 @@ pub struct TrainArgs {
     #[arg(long)]
     recipe: Option<String>,
     /// Override the recipe's number of epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = positive())]
     epochs: Option<usize>,
     /// Override the recipe's batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = positive())]
     batch_size: Option<usize>,
     /// Override the recipe's base learning rate.
     #[arg(long)]
@@ -69,14 +71,14 @@ pub struct TrainArgs {
     #[arg(long, requires = "out")]
     resume: bool,
     /// Train on the first N images of the training split only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_train: Option<usize>,
     /// Evaluate on the first N images of the evaluation split only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_eval: Option<usize>,
     /// Hold N training images out as the validation split (evaluated each epoch, and used to
     /// pick the best checkpoint) instead of the test split.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     val: Option<usize>,
     /// Also checkpoint every N steps, so a killed run loses at most N steps (0: only at epoch
     /// ends) [default: 100].

@@ -4,5 +4,6 @@
 
 mod bench;
 mod data;
+mod hostile;
 mod lifecycle;
 mod train;

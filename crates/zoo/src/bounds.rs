@@ -67,6 +67,38 @@ pub fn check_size(model: &str, info: &ModelInfo) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes one feature map of one image may take: the widest layer (bounded by the
+/// largest integer of `model_args`) times the input's pixels, in float32.
+pub const MAX_FEATURE_MAP_BYTES: u64 = 1 << 30;
+
+/// Refuses an input size that would make one image's widest feature map larger than
+/// [`MAX_FEATURE_MAP_BYTES`] for a model configured by `args`.
+pub fn check_input_size(model: &str, args: &Value, height: usize, width: usize) -> Result<()> {
+    fn largest(value: &Value) -> u64 {
+        match value {
+            Value::Number(n) => n.as_u64().unwrap_or(0),
+            Value::Array(items) => items.iter().map(largest).max().unwrap_or(0),
+            Value::Object(fields) => fields.values().map(largest).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let bytes = largest(args)
+        .max(1)
+        .saturating_mul(height as u64)
+        .saturating_mul(width as u64)
+        .saturating_mul(4);
+    if bytes > MAX_FEATURE_MAP_BYTES {
+        return Err(Error::BadArgs {
+            model: model.to_string(),
+            reason: format!(
+                "an input of {height}×{width} would need {bytes} bytes for one feature map of one image, \
+                 more than the {MAX_FEATURE_MAP_BYTES} allowed"
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

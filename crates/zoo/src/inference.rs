@@ -186,6 +186,7 @@ pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> 
             cfg.input_size
         )));
     }
+    crate::bounds::check_input_size(&config.model, &config.model_args, height, width)?;
     Ok(match config.whitening_path(dir)? {
         Some(path) => {
             if [height, width] != [32, 32] {

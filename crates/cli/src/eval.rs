@@ -1,14 +1,18 @@
 //! `nin eval`: accuracy of a trained model directory on a CIFAR split: top-1, top-5, per class,
 //! and the confusion matrix.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Split};
+use nin_format::files::RUN_JSON;
+use nin_format::RunConfig;
 use nin_zoo::Classifier;
 
-use crate::common::{dataset_for_classes, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::common::{
+    dataset_for_classes, load_dataset, parse_device, positive, set_threads, LoaderSource,
+};
 use crate::data::DatasetArg;
 
 /// Arguments of `nin eval`.
@@ -26,17 +30,18 @@ pub struct EvalArgs {
     /// Which split: the test set, or the validation images held out of train.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
-    /// Size of the validation hold-out (as passed to `nin train --val`).
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    val: usize,
-    /// Seed of the validation hold-out (the run's seed).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Size of the validation hold-out (default: read from the run's run.json, beside the
+    /// model directory or one folder up for a run's best/).
+    #[arg(long, value_name = "N", value_parser = positive())]
+    val: Option<usize>,
+    /// Seed of the validation hold-out (default: the run's seed, from its run.json).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Evaluate the first N images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_eval: Option<usize>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive())]
     batch_size: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -66,6 +71,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         Some(d) => Dataset::from(d),
         None => dataset_for_classes(cfg.num_classes)?,
     };
+    let (split, holdout) = match args.split {
+        SplitArg::Test => (Split::Test, None),
+        SplitArg::Val => (Split::Val, Some(validation_holdout(&args)?)),
+    };
     let cifar = load_dataset(dataset, args.data.as_deref(), LabelKind::Fine)?;
     if cifar.train.n_classes != cfg.num_classes {
         anyhow::bail!(
@@ -75,16 +84,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             cifar.train.n_classes
         );
     }
-    let (split, holdout) = match args.split {
-        SplitArg::Test => (Split::Test, None),
-        SplitArg::Val => (
-            Split::Val,
-            Some(Holdout {
-                size: args.val,
-                seed: args.seed,
-            }),
-        ),
-    };
     let mut set = cifar.split(split, holdout)?;
     if let Some(n) = args.limit_eval {
         set = set.limit(n);
@@ -97,6 +96,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         device.clone(),
     )?);
     let report = nin_train::evaluate(classifier.model(), &mut source, &device)?;
+    if !(report.loss.is_finite() && report.top1.is_finite()) {
+        anyhow::bail!(
+            "--model {}: the model's outputs are not finite (loss {}): its weights or whitening are damaged",
+            args.model.display(),
+            report.loss
+        );
+    }
     let names = if cfg.label_names.len() == cfg.num_classes {
         cfg.label_names.clone()
     } else {
@@ -154,4 +160,49 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The validation hold-out of the run that trained `--model`: its size and seed from the run's
+/// `run.json` (in the model directory, or one folder up for a run's `best/`), which explicit
+/// `--val`/`--seed` must agree with. Without a run.json both flags are needed.
+fn validation_holdout(args: &EvalArgs) -> anyhow::Result<Holdout> {
+    let run = [
+        args.model.as_path(),
+        args.model.parent().unwrap_or(Path::new("")),
+    ]
+    .into_iter()
+    .find(|dir| dir.join(RUN_JSON).is_file())
+    .map(|dir| RunConfig::load(dir).map(|run| (dir.join(RUN_JSON), run)))
+    .transpose()?;
+    let Some((path, run)) = run else {
+        return match (args.val, args.seed) {
+            (Some(size), Some(seed)) => Ok(Holdout { size, seed }),
+            _ => anyhow::bail!(
+                "--split val: {} has no run.json (nor has its parent folder) to read the validation hold-out from; pass --val N --seed S as given to `nin train`",
+                args.model.display()
+            ),
+        };
+    };
+    let Some(size) = run.data.val else {
+        anyhow::bail!(
+            "--split val: the run in {} held out no validation images (it was trained without --val); evaluate --split test",
+            path.display()
+        );
+    };
+    for (flag, given, recorded) in [
+        ("--val", args.val.map(|v| v as u64), size as u64),
+        ("--seed", args.seed, run.seed),
+    ] {
+        if given.is_some_and(|g| g != recorded) {
+            anyhow::bail!(
+                "{flag} {}: the run's validation hold-out in {} has {flag} {recorded}; evaluating another one would test on training images",
+                given.unwrap_or_default(),
+                path.display()
+            );
+        }
+    }
+    Ok(Holdout {
+        size,
+        seed: run.seed,
+    })
 }

@@ -10,6 +10,7 @@ mod bench;
 mod common;
 mod data;
 mod eval;
+mod exit;
 mod list;
 mod predict;
 mod runtime;
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     runtime::park_candle_pool_early();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(err) => {
             // A closed pipe (e.g. `nin data info | head`) is not a failure.
             for cause in err.chain() {
@@ -66,8 +67,13 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            let code = exit::code_of(&err);
+            if code == exit::INTERRUPTED {
+                eprintln!("{err:#}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -14,45 +14,49 @@ use nin_data::{
     Dataset, Holdout, ImageSet, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
     ZcaConfig,
 };
-use nin_format::files::{TRAINER_STATE_JSON, WHITENING_SAFETENSORS};
+use nin_format::files::WHITENING_SAFETENSORS;
 use nin_format::{
     DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
 };
 use nin_train::{CheckpointStage, Control, EvalReport, Finish, Progress, StartReport, StepReport};
 
-use crate::common::{fresh_run_dir, load_dataset, parse_device, set_threads, LoaderSource};
+use crate::common::{
+    claim_run_dir, load_dataset, parse_device, positive, set_threads, LoaderSource,
+};
 use crate::data::DatasetArg;
+use crate::exit::Interrupted;
 
 /// Arguments of `nin train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model preset (see `nin list`).
-    #[arg(long, default_value = "nin")]
-    model: String,
+    /// Model preset (see `nin list`) [default: nin].
+    #[arg(long)]
+    model: Option<String>,
     /// JSON object overriding fields of the preset's config, e.g. '{"pool2": "max"}'.
     #[arg(long, value_name = "JSON")]
     model_args: Option<String>,
-    /// Dataset to train on.
-    #[arg(long, value_enum, default_value_t = DatasetArg::Cifar10)]
-    dataset: DatasetArg,
-    /// Training recipe: cpu_quick (NIN: about 15 minutes on 2 cores), paper, modern, or a JSON file.
-    #[arg(long, default_value = "cpu_quick")]
-    recipe: String,
-    /// Override the recipe's number of epochs.
+    /// Dataset to train on [default: cifar10].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+    /// Training recipe: cpu_quick (NIN: about 15 minutes on 2 cores), paper, modern, or a JSON
+    /// file [default: cpu_quick].
     #[arg(long)]
+    recipe: Option<String>,
+    /// Override the recipe's number of epochs.
+    #[arg(long, value_parser = positive())]
     epochs: Option<usize>,
     /// Override the recipe's batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = positive())]
     batch_size: Option<usize>,
     /// Override the recipe's base learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// Seed of every random choice: init, dropout, shuffling, augmentation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Seed of every random choice: init, dropout, shuffling, augmentation [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// Worker threads (default: one per core). Bit-identical reruns need the same count.
     #[arg(long)]
     threads: Option<usize>,
@@ -62,22 +66,24 @@ pub struct TrainArgs {
     /// Run folder (default: runs/<model>_<dataset>_s<seed>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue the interrupted run in --out from its last checkpoint.
+    /// Continue the interrupted run in --out from its last checkpoint, exactly as its run.json
+    /// records it (flags that contradict it are refused).
     #[arg(long, requires = "out")]
     resume: bool,
     /// Train on the first N images of the training split only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_train: Option<usize>,
     /// Evaluate on the first N images of the evaluation split only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     limit_eval: Option<usize>,
     /// Hold N training images out as the validation split (evaluated each epoch, and used to
     /// pick the best checkpoint) instead of the test split.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive())]
     val: Option<usize>,
-    /// Also checkpoint every N steps, so a killed run loses at most N steps.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    checkpoint_every: usize,
+    /// Also checkpoint every N steps, so a killed run loses at most N steps (0: only at epoch
+    /// ends) [default: 100].
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
     /// No progress bar (one line per epoch only).
     #[arg(long)]
     quiet: bool,
@@ -91,13 +97,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let out = args.out.clone().context("--resume needs --out DIR")?;
         let run = RunConfig::load(&out)
             .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?;
+        refuse_contradicting_flags(&args, &run)?;
         if run.threads != threads {
             eprintln!(
                 "note: the run was trained with {} threads, now {threads}: results stay correct but may differ in the last bits (pass --threads {})",
                 run.threads, run.threads
             );
         }
-        (run, out)
+        (run, Some(out))
     } else {
         new_run(&args, threads)?
     };
@@ -105,9 +112,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = parse_device(&run.device)?;
 
     let cifar = load_dataset(spec.dataset, spec.data.as_deref(), LabelKind::Fine)?;
-    if !args.resume {
-        run.label_names = cifar.label_names.clone();
-    }
+    // A new run claims its folder only now that its data is at hand, so a missing dataset does
+    // not leave a claimed, empty run behind; the claim is released if setting up fails.
+    let mut claim = None;
+    let out = match out {
+        Some(out) if args.resume => out,
+        out => {
+            run.label_names = cifar.label_names.clone();
+            let c = claim_run_dir(out.as_deref(), &run)?;
+            let out = c.dir().to_path_buf();
+            claim = Some(c);
+            out
+        }
+    };
     let holdout = spec.val.map(|size| Holdout {
         size,
         seed: run.seed,
@@ -188,11 +205,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
-        // A second Ctrl-C while saving is ignored; the checkpoint write is atomic either way.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        // Ctrl-C, and SIGTERM (what SLURM and most schedulers send before killing a preempted
+        // job; ctrlc's `termination` feature): both save a checkpoint and stop. A second signal
+        // while saving is ignored; the checkpoint write is atomic either way.
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C / SIGTERM handler")?;
     }
     let mut progress = BarProgress::new(run.recipe.batch_size, args.quiet, interrupted);
     progress.kill_point = kill_point;
+    if let Some(claim) = claim {
+        claim.keep();
+    }
     let outcome = if args.resume {
         nin_train::resume(
             created.model.as_ref(),
@@ -229,12 +252,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             eprintln!("done: {}{best}", out.display());
         }
-        Finish::Stopped => eprintln!(
-            "stopped at epoch {} step {}; continue with: nin train --resume --out {}",
-            outcome.state.epoch + 1,
-            outcome.state.step_in_epoch,
-            out.display()
-        ),
+        Finish::Stopped => {
+            return Err(Interrupted(format!(
+                "stopped at epoch {} step {} with a checkpoint; continue with: nin train --resume --out {}",
+                outcome.state.epoch + 1,
+                outcome.state.step_in_epoch,
+                out.display()
+            ))
+            .into())
+        }
         Finish::AlreadyFinished => eprintln!(
             "nothing to resume: {} already finished all {} epochs",
             out.display(),
@@ -258,12 +284,6 @@ fn whitening(
         return Zca::load(&path)
             .with_context(|| format!("--resume: the run's whitening {}", path.display()));
     }
-    if out.join(TRAINER_STATE_JSON).exists() {
-        bail!(
-            "--out {} already holds a run: continue it with --resume, or pick another folder",
-            out.display()
-        );
-    }
     eprintln!(
         "fitting GCN (scale {}) + ZCA (regulariser {}) on {} training images",
         cfg.gcn_scale,
@@ -271,18 +291,15 @@ fn whitening(
         train_set.len()
     );
     let zca = Zca::fit(train_set, cfg)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     zca.save(&path)?;
     run.pretrained_cfg.whitening = Some(WHITENING_SAFETENSORS.to_string());
     Ok(zca)
 }
 
-fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathBuf)> {
-    let mut recipe = if args.recipe.ends_with(".json") {
-        Recipe::from_file(std::path::Path::new(&args.recipe))?
-    } else {
-        Recipe::by_name(&args.recipe)?
-    };
+/// The run configuration the flags ask for, and the `--out` folder if one was given.
+fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
+    let recipe_name = args.recipe.as_deref().unwrap_or("cpu_quick");
+    let mut recipe = read_recipe(recipe_name)?;
     if let Some(e) = args.epochs {
         recipe.epochs = e;
     }
@@ -293,7 +310,7 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         recipe.lr = lr;
     }
     recipe.validate()?;
-    let dataset = Dataset::from(args.dataset);
+    let dataset = Dataset::from(args.dataset.unwrap_or(DatasetArg::Cifar10));
     let num_classes = dataset.n_classes(LabelKind::Fine);
     let overrides = args
         .model_args
@@ -301,22 +318,23 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         .map(serde_json::from_str::<serde_json::Value>)
         .transpose()
         .context("--model-args: not valid JSON")?;
+    let model_name = args.model.clone().unwrap_or_else(|| "nin".to_string());
     let (model, overrides) = if recipe.prefer_batch_norm {
-        let chosen = nin_zoo::with_batch_norm(&args.model, num_classes, overrides.clone())?;
-        if chosen.0 != args.model {
+        let chosen = nin_zoo::with_batch_norm(&model_name, num_classes, overrides.clone())?;
+        if chosen.0 != model_name {
             eprintln!(
                 "recipe {} prefers batch norm: training {}, the batch-norm variant of {}",
-                recipe.name, chosen.0, args.model
+                recipe.name, chosen.0, model_name
             );
         } else if chosen.1 != overrides {
             eprintln!(
                 "recipe {} prefers batch norm: {} with batch_norm = true",
-                recipe.name, args.model
+                recipe.name, model_name
             );
         }
         chosen
     } else {
-        (args.model.clone(), overrides)
+        (model_name, overrides)
     };
     let model_args = nin_zoo::resolve_args(&model, num_classes, overrides.as_ref())?;
     let normalize = Normalize::published(dataset);
@@ -332,11 +350,9 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
             Split::Test
         },
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| fresh_run_dir(&model, dataset, args.seed));
-    parse_device(&args.device)?;
+    let device = args.device.clone().unwrap_or_else(|| "cpu".to_string());
+    parse_device(&device)?;
+    let checkpoint_every = args.checkpoint_every.unwrap_or(100);
     let mut versions = BTreeMap::new();
     versions.insert("nin-cli".to_string(), env!("CARGO_PKG_VERSION").to_string());
     versions.insert("candle-core".to_string(), "0.11.1".to_string());
@@ -356,13 +372,127 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, PathB
         },
         label_names: Vec::new(),
         data: spec,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(0),
         threads,
-        device: args.device.clone(),
-        checkpoint_every_steps: (args.checkpoint_every > 0).then_some(args.checkpoint_every),
+        device,
+        checkpoint_every_steps: (checkpoint_every > 0).then_some(checkpoint_every),
         versions,
     };
-    Ok((run, out))
+    Ok((run, args.out.clone()))
+}
+
+/// The recipe `name`: a named one, or a JSON file (a path ending in `.json`).
+fn read_recipe(name: &str) -> anyhow::Result<Recipe> {
+    if name.ends_with(".json") {
+        Ok(Recipe::from_file(Path::new(name)).with_context(|| format!("--recipe {name}"))?)
+    } else if Path::new(name).is_file() {
+        bail!(
+            "--recipe {name}: a recipe file must end in .json (or name one of {})",
+            nin_format::RECIPE_NAMES.join(", ")
+        )
+    } else {
+        Ok(Recipe::by_name(name).context("--recipe")?)
+    }
+}
+
+/// `--resume` continues a run exactly as its `run.json` records it: a flag that says otherwise
+/// would be silently dropped, so it is refused, naming each one.
+fn refuse_contradicting_flags(args: &TrainArgs, run: &RunConfig) -> anyhow::Result<()> {
+    let mut conflicts = Vec::new();
+    if let Some(name) = &args.recipe {
+        let mut recipe = read_recipe(name)?;
+        // The overrides below are checked on their own; compare the rest of the recipe.
+        recipe.epochs = run.recipe.epochs;
+        recipe.batch_size = run.recipe.batch_size;
+        recipe.lr = run.recipe.lr;
+        if recipe != run.recipe {
+            conflicts.push(format!("--recipe {name} (the run has {})", run.recipe.name));
+        }
+    }
+    let mut check = |flag: &str, given: Option<String>, recorded: String| {
+        if let Some(given) = given {
+            if given != recorded {
+                conflicts.push(format!("{flag} {given} (the run has {recorded})"));
+            }
+        }
+    };
+    check("--model", args.model.clone(), run.model.name.clone());
+    if let Some(text) = &args.model_args {
+        let overrides: serde_json::Value =
+            serde_json::from_str(text).context("--model-args: not valid JSON")?;
+        let resolved =
+            nin_zoo::resolve_args(&run.model.name, run.model.num_classes, Some(&overrides))?;
+        check(
+            "--model-args",
+            Some(resolved.to_string()),
+            run.model.model_args.to_string(),
+        );
+    }
+    check(
+        "--dataset",
+        args.dataset.map(|d| Dataset::from(d).to_string()),
+        run.data.dataset.to_string(),
+    );
+    check(
+        "--epochs",
+        args.epochs.map(|v| v.to_string()),
+        run.recipe.epochs.to_string(),
+    );
+    check(
+        "--batch-size",
+        args.batch_size.map(|v| v.to_string()),
+        run.recipe.batch_size.to_string(),
+    );
+    check(
+        "--lr",
+        args.lr.map(|v| v.to_string()),
+        run.recipe.lr.to_string(),
+    );
+    check(
+        "--seed",
+        args.seed.map(|v| v.to_string()),
+        run.seed.to_string(),
+    );
+    check("--device", args.device.clone(), run.device.clone());
+    check(
+        "--data",
+        args.data.as_ref().map(|p| p.display().to_string()),
+        run.data
+            .data
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the cache".into()),
+    );
+    check(
+        "--limit-train",
+        args.limit_train.map(|n| n.to_string()),
+        opt(run.data.limit_train),
+    );
+    check(
+        "--limit-eval",
+        args.limit_eval.map(|n| n.to_string()),
+        opt(run.data.limit_eval),
+    );
+    check("--val", args.val.map(|n| n.to_string()), opt(run.data.val));
+    check(
+        "--checkpoint-every",
+        args.checkpoint_every.map(|n| n.to_string()),
+        run.checkpoint_every_steps.unwrap_or(0).to_string(),
+    );
+    if !conflicts.is_empty() {
+        bail!(
+            "--resume continues the run in {} exactly as its run.json records it, but {} {}: drop {}, or start a new run with another --out",
+            args.out.as_deref().unwrap_or(Path::new(".")).display(),
+            if conflicts.len() == 1 { "this flag contradicts it:" } else { "these flags contradict it:" },
+            conflicts.join(", "),
+            if conflicts.len() == 1 { "it" } else { "them" },
+        );
+    }
+    Ok(())
+}
+
+fn opt(v: Option<usize>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
 }
 
 /// Progress bar per epoch (images/s and ETA) and one summary line per epoch.
@@ -502,13 +632,15 @@ impl Progress for BarProgress {
     }
 }
 
-/// The crash tests' hook, `NIN_TEST_KILL_AT=<stage>[:<n>]`: the process kills itself with SIGKILL
-/// the `n`-th time (default 1) a checkpoint reaches `<stage>` (a [`CheckpointStage::name`], e.g.
-/// `committed`), leaving the run folder exactly as a kill at that instant would.
+/// The crash tests' hook, `NIN_TEST_KILL_AT=<stage>[:<n>[:term]]`: the `n`-th time (default 1) a
+/// checkpoint reaches `<stage>` (a [`CheckpointStage::name`], e.g. `committed`), the process kills
+/// itself with SIGKILL, leaving the run folder exactly as a kill at that instant would; with
+/// `:term` it sends itself SIGTERM instead, as a scheduler would in the middle of a checkpoint.
 struct KillPoint {
     stage: CheckpointStage,
     nth: usize,
     seen: usize,
+    signal: libc::c_int,
 }
 
 impl KillPoint {
@@ -518,7 +650,8 @@ impl KillPoint {
         let Ok(spec) = std::env::var(Self::VAR) else {
             return Ok(None);
         };
-        let (name, nth) = spec.split_once(':').unwrap_or((&spec, "1"));
+        let mut parts = spec.split(':');
+        let name = parts.next().unwrap_or_default();
         let stage = CheckpointStage::from_name(name).with_context(|| {
             let names: Vec<&str> = CheckpointStage::ALL.iter().map(|s| s.name()).collect();
             format!(
@@ -527,14 +660,29 @@ impl KillPoint {
                 names.join(", ")
             )
         })?;
-        let nth =
-            nth.parse().ok().filter(|&n| n > 0).with_context(|| {
-                format!("{}={spec}: expected <stage>:<n> with n ≥ 1", Self::VAR)
-            })?;
+        let usage = || {
+            format!(
+                "{}={spec}: expected <stage>[:<n>[:term]] with n ≥ 1",
+                Self::VAR
+            )
+        };
+        let nth = match parts.next() {
+            None => 1,
+            Some(n) => n.parse().ok().filter(|&n| n > 0).with_context(usage)?,
+        };
+        let signal = match parts.next() {
+            None => libc::SIGKILL,
+            Some("term") => libc::SIGTERM,
+            Some(_) => bail!(usage()),
+        };
+        if parts.next().is_some() {
+            bail!(usage());
+        }
         Ok(Some(Self {
             stage,
             nth,
             seen: 0,
+            signal,
         }))
     }
 
@@ -544,17 +692,11 @@ impl KillPoint {
         }
         self.seen += 1;
         if self.seen == self.nth {
-            kill_self();
+            // SAFETY: raise only sends a signal to this thread; SIGKILL cannot be caught (no code
+            // of ours runs after it), and SIGTERM runs the handler installed by ctrlc.
+            unsafe {
+                libc::raise(self.signal);
+            }
         }
     }
-}
-
-fn kill_self() {
-    #[cfg(unix)]
-    // SAFETY: raise only sends a signal to this process; SIGKILL cannot be caught, so no code of
-    // ours runs after it.
-    unsafe {
-        libc::raise(libc::SIGKILL);
-    }
-    std::process::abort();
 }

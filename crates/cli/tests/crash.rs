@@ -1,10 +1,8 @@
 //! `nin train` killed with a real SIGKILL at 22 points, most of them inside checkpoint writes
 //! (through the `NIN_TEST_KILL_AT` hook, which has the process kill itself the n-th time a
 //! checkpoint reaches a named stage), each time resumed with `--resume`, ends with exactly the
-//! weights, best model and metrics of an uninterrupted run.
-//!
-//! SIGTERM is not covered yet: `nin train` does not handle it (it is planned to checkpoint and
-//! exit as Ctrl-C does); add a case here once it does.
+//! weights, best model and metrics of an uninterrupted run. So does a run sent SIGTERM in the
+//! middle of a checkpoint: it saves the next step's checkpoint and exits 130, as Ctrl-C does.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +43,10 @@ const KILL_POINTS: [&str; 22] = [
     "folder-renamed:1",     // inside the last checkpoint (epoch 2's end)
     "committed:1",          // step 8: finished, metrics not yet rewritten
 ];
+
+/// Where a fresh run is sent SIGTERM (`NIN_TEST_KILL_AT=<stage>:<n>:term`): inside the first
+/// checkpoints, inside an epoch's end, and between a commit and its pruning.
+const TERM_POINTS: [&str; 3] = ["state-written:2", "best-written:1", "committed:6"];
 
 /// The real CIFAR-10 archive; absent on a developer's machine is a skip, in CI a failure.
 fn cifar10_archive() -> Option<PathBuf> {
@@ -151,7 +153,7 @@ fn metrics(run: &Path) -> std::io::Result<Vec<String>> {
 }
 
 #[test]
-fn sigkill_at_22_points_inside_checkpoints_then_resume_gives_the_uninterrupted_run() -> TestResult {
+fn sigkill_at_22_points_and_sigterm_at_3_then_resume_gives_the_uninterrupted_run() -> TestResult {
     let Some(archive) = cifar10_archive() else {
         return Ok(());
     };
@@ -210,5 +212,39 @@ fn sigkill_at_22_points_inside_checkpoints_then_resume_gives_the_uninterrupted_r
     assert_eq!(metrics(&killed)?, metrics(&straight)?);
     let checkpoints: Vec<_> = std::fs::read_dir(killed.join("checkpoints"))?.collect();
     assert_eq!(checkpoints.len(), 1, "old checkpoints are pruned");
+
+    for (i, point) in TERM_POINTS.iter().enumerate() {
+        let termed = tmp.path().join(format!("termed-{i}"));
+        let termed_str = termed.display().to_string();
+        let signal = format!("{point}:term");
+        let out = nin(&train_args(&data, &termed_str), Some(&signal))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(130) && stderr.contains("nin train --resume"),
+            "SIGTERM at {point}: {:?}: {stderr}",
+            out.status
+        );
+        let resume = [
+            "train",
+            "--resume",
+            "--out",
+            &termed_str,
+            "--threads",
+            "1",
+            "--quiet",
+        ];
+        let out = nin(&resume, None)?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            tensor_bits(&straight.join("model.safetensors"))?
+                == tensor_bits(&termed.join("model.safetensors"))?,
+            "SIGTERM at {point}: the resumed weights differ from the uninterrupted run's"
+        );
+        assert_eq!(metrics(&termed)?, metrics(&straight)?, "SIGTERM at {point}");
+    }
     Ok(())
 }

@@ -6,4 +6,6 @@ mod bench;
 #[cfg(unix)]
 mod crash;
 mod data;
+mod hostile;
+mod lifecycle;
 mod train;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn nin(args: &[&str]) -> std::io::Result<Output> {
+pub(crate) fn nin(args: &[&str]) -> std::io::Result<Output> {
     Command::new(env!("CARGO_BIN_EXE_nin"))
         .args(args)
         .env_remove("NIN_DATA_DIR")
@@ -19,7 +19,7 @@ fn nin(args: &[&str]) -> std::io::Result<Output> {
 }
 
 /// Runs `nin` and fails the test, with its stderr, unless it succeeds.
-fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
+pub(crate) fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
     let out = nin(args)?;
     assert!(
         out.status.success(),
@@ -30,15 +30,21 @@ fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
     Ok(out)
 }
 
-fn cifar10_archive() -> Option<PathBuf> {
+/// The real CIFAR-10 archive in `../shared/data`; `None` (the test skips) when it is absent on a
+/// developer's machine, a failure under CI, which always has it.
+pub(crate) fn cifar10_archive() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
     let archive = root.join("shared/data/cifar-10-binary.tar.gz");
+    if !archive.is_file() && std::env::var_os("CI").is_some() {
+        panic!("CI is set but {} is absent", archive.display());
+    }
     archive.is_file().then_some(archive)
 }
 
-const SMALL_NIN: &str = r#"{"mlpconv1":[32,32,32],"mlpconv2":[32,32,32],"mlpconv3":[32,32]}"#;
+pub(crate) const SMALL_NIN: &str =
+    r#"{"mlpconv1":[32,32,32],"mlpconv2":[32,32,32],"mlpconv3":[32,32]}"#;
 
-fn train_args<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
+pub(crate) fn train_args<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--data",
@@ -65,7 +71,7 @@ fn train_args<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn weights(dir: &Path) -> HashMap<String, Tensor> {
+pub(crate) fn weights(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
         .expect("model.safetensors loads")
 }

@@ -13,6 +13,9 @@ use nin_format::{ModelDirConfig, PretrainedCfg};
 use crate::error::{Error, Result};
 use crate::model_dir::{load_model_dir, LoadedModel};
 
+/// The largest input side a model directory may ask for (the zoo's models take 32×32 images).
+const MAX_INPUT_SIDE: usize = 1024;
+
 /// A model directory loaded with its input transform, ready to classify.
 pub struct Classifier {
     loaded: LoadedModel,
@@ -174,12 +177,16 @@ pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> 
         dir: dir.to_path_buf(),
         reason,
     };
-    if channels != 3 || height == 0 || width == 0 {
+    if channels != 3
+        || !(1..=MAX_INPUT_SIDE).contains(&height)
+        || !(1..=MAX_INPUT_SIDE).contains(&width)
+    {
         return Err(bad(format!(
-            "config.json: pretrained_cfg.input_size must be [3, H, W] with H, W > 0, got {:?}",
+            "config.json: pretrained_cfg.input_size must be [3, H, W] with H and W from 1 to {MAX_INPUT_SIDE}, got {:?}",
             cfg.input_size
         )));
     }
+    crate::bounds::check_input_size(&config.model, &config.model_args, height, width)?;
     Ok(match config.whitening_path(dir)? {
         Some(path) => {
             if [height, width] != [32, 32] {

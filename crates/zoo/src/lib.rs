@@ -16,6 +16,7 @@ assert_eq!(created.info.param_count, 966_986);
 */
 #![deny(missing_docs)]
 
+mod bounds;
 mod error;
 #[cfg(feature = "image")]
 mod image;
@@ -24,6 +25,8 @@ mod model_dir;
 mod registry;
 
 pub use error::{Error, Result};
+#[cfg(feature = "image")]
+pub use image::{decode_rgb_chw, load_rgb_chw};
 pub use inference::{preprocess_of, Classifier, Predictions};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use registry::{

@@ -43,6 +43,8 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
         config.model_args = resolve_args(&config.model, config.num_classes, None)?;
     }
     let args = &config.model_args;
+    crate::bounds::check_args(&config.model, args)?;
+    crate::bounds::check_size(&config.model, &entry.family.info(&config.model, args)?)?;
     if args.get("num_classes").and_then(|v| v.as_u64()) != Some(config.num_classes as u64) {
         return Err(bad(format!(
             "config.json: num_classes is {} but model_args.num_classes is {}",

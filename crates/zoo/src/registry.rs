@@ -288,7 +288,9 @@ pub fn resolve_args(name: &str, num_classes: usize, overrides: Option<&Value>) -
             ),
         });
     }
-    entry.family.info(name, &args)?;
+    crate::bounds::check_args(name, &args)?;
+    let info = entry.family.info(name, &args)?;
+    crate::bounds::check_size(name, &info)?;
     Ok(args)
 }
 

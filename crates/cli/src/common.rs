@@ -186,7 +186,7 @@ pub fn claim_run_dir(out: Option<&Path>, run: &RunConfig) -> anyhow::Result<RunC
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
             "--out {} already holds a run ({RUN_JSON} exists): continue it with --resume, or pick another folder \
-             (if a `nin train` died there before its first checkpoint, remove the folder)",
+             (a run killed before its first checkpoint resumes from the start)",
             dir.display()
         ),
         Err(e) => return Err(e).with_context(|| format!("claiming {}", path.display())),

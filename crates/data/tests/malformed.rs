@@ -570,7 +570,7 @@ fn whitening_file_is_bounded_and_checked() -> TestResult {
     std::fs::File::create(&path)?.set_len(1 << 40)?;
     let err = Zca::load(&path).unwrap_err();
     assert!(
-        matches!(err, Error::TooLarge { ref what, .. } if *what == "whitening file"),
+        matches!(err, Error::TooLarge { what, .. } if what == "whitening file"),
         "{err}"
     );
     // Saving is atomic: the file appears whole, and nothing else is left in the folder.

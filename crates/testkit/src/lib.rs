@@ -395,3 +395,55 @@ pub fn check_golden_fixture<C: DeserializeOwned>(
     }
     cases
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROBE_ENV: &str = "NIN_TESTKIT_PROBE";
+
+    /// Asks for a file of `../shared/data` that never exists; does nothing unless run as the
+    /// child of `absent_data_skips_off_ci_and_fails_under_ci`.
+    #[test]
+    fn absent_file_probe() {
+        if std::env::var_os(PROBE_ENV).is_some() {
+            assert!(shared_data_file("no-such-file-of-the-test-suite.bin").is_none());
+        }
+    }
+
+    /// Runs the probe in a child process (this test binary), where `CI` can be set or removed
+    /// without racing the other tests of this process.
+    fn probe(ci: Option<&str>) -> std::process::Output {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "tests::absent_file_probe", "--nocapture"])
+            .env(PROBE_ENV, "1");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        cmd.output().unwrap()
+    }
+
+    #[test]
+    fn absent_data_skips_off_ci_and_fails_under_ci() {
+        for ci in [None, Some("false"), Some("0")] {
+            let out = probe(ci);
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "CI={ci:?}: {text}");
+            assert!(
+                text.contains("skipping: ../shared/data/no-such-file"),
+                "{text}"
+            );
+        }
+        for ci in ["true", "1"] {
+            let out = probe(Some(ci));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "CI={ci}: {text}");
+            assert!(text.contains("but CI is set"), "CI={ci}: {text}");
+        }
+    }
+}

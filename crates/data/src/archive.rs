@@ -517,3 +517,38 @@ fn walk_entries(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capped(bytes: &[u8], limit: u64) -> (io::Result<Vec<u8>>, bool) {
+        let over = Rc::new(Cell::new(false));
+        let mut reader = Capped {
+            inner: bytes,
+            left: limit,
+            over: over.clone(),
+        };
+        let mut out = Vec::new();
+        let read = reader.read_to_end(&mut out).map(|_| out);
+        (read, over.get())
+    }
+
+    #[test]
+    fn cap_passes_exactly_the_limit_and_refuses_one_byte_more() {
+        let (read, over) = capped(&[1; 100], 100);
+        assert_eq!((read.map(|v| v.len()).ok(), over), (Some(100), false));
+        let (read, over) = capped(&[1; 101], 100);
+        assert!(read.is_err() && over);
+        let (read, over) = capped(&[], 0);
+        assert_eq!((read.map(|v| v.len()).ok(), over), (Some(0), false));
+    }
+
+    #[test]
+    fn printable_keeps_names_and_hides_control_bytes() {
+        assert_eq!(printable("cifar-10/données.bin"), "cifar-10/données.bin");
+        assert_eq!(printable("a\u{1b}[2J\u{fffd}\nb"), "a?[2J??b");
+        let long = printable(&"x".repeat(500));
+        assert!(long.ends_with('…') && long.chars().count() == 121, "{long}");
+    }
+}

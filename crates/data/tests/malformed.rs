@@ -410,6 +410,36 @@ fn oversized_archive_file_is_refused_before_reading() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn gzip_bomb_is_refused_once_past_the_largest_archive() -> TestResult {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bomb.tar.gz");
+    // A few hundred kilobytes that inflate past every CIFAR-10 archive: a valid archive, then
+    // zeros (which a tar reader takes for its end, so only the drain of the gzip layer sees them).
+    let mut gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(&path)?, flate2::Compression::best());
+    gz.write_all(&tar_bytes(&cifar10_members()))?;
+    let zeros = vec![0u8; 1 << 20];
+    let limit = nin_data::max_archive_bytes(Dataset::Cifar10);
+    for _ in 0..=(limit >> 20) {
+        gz.write_all(&zeros)?;
+    }
+    gz.finish()?;
+    assert!(std::fs::metadata(&path)?.len() < 1 << 20);
+    let err = load_archive(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: l, .. } if l == limit),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("bomb.tar.gz")
+            && err.to_string().contains("decompressed CIFAR-10 archive"),
+        "{err}"
+    );
+    Ok(())
+}
+
 #[cfg(unix)]
 #[test]
 fn endless_archive_is_an_error() {

@@ -30,6 +30,10 @@ struct Common {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Download the official archive into the cache (or --data folder) and extract it.
+    ///
+    /// $NIN_CIFAR_URL replaces the folder it is downloaded from; $NIN_DOWNLOAD_TIMEOUT the
+    /// seconds a silent server is waited on (default 60) before the download stops, to be resumed
+    /// by running it again.
     Download {
         #[command(flatten)]
         common: Common,

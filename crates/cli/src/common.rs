@@ -83,7 +83,12 @@ pub fn load_dataset(
                 "{dataset} not found in {}; downloading it (set $NIN_DATA_DIR or pass --data to use a copy you have)",
                 dir.display()
             );
-            nin_data::download(dataset, &dir, &nin_data::DownloadOptions::official())?;
+            nin_data::download(
+                dataset,
+                &dir,
+                &nin_data::DownloadOptions::official(),
+                &mut crate::data::DownloadBar::default(),
+            )?;
             nin_data::locate(dataset, None)?
         }
     };

@@ -30,6 +30,10 @@ struct Common {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Download the official archive into the cache (or --data folder) and extract it.
+    ///
+    /// $NIN_CIFAR_URL replaces the folder it is downloaded from; $NIN_DOWNLOAD_TIMEOUT the
+    /// seconds a silent server is waited on (default 60) before the download stops, to be resumed
+    /// by running it again.
     Download {
         #[command(flatten)]
         common: Common,
@@ -101,8 +105,13 @@ fn download(common: &Common) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => nin_data::cache_dir()?,
     };
-    let archive = nin_data::download(dataset, &dir, &nin_data::DownloadOptions::official())
-        .with_context(|| format!("downloading {dataset} into {}", dir.display()))?;
+    let archive = nin_data::download(
+        dataset,
+        &dir,
+        &nin_data::DownloadOptions::official(),
+        &mut DownloadBar::default(),
+    )
+    .with_context(|| format!("downloading {dataset} into {}", dir.display()))?;
     let folder = nin_data::extract(&archive, dataset, &dir)
         .with_context(|| format!("extracting {}", archive.display()))?;
     let mut out = std::io::stdout().lock();
@@ -114,6 +123,36 @@ fn download(common: &Common) -> anyhow::Result<()> {
     )?;
     writeln!(out, "extracted: {}", folder.display())?;
     Ok(())
+}
+
+/// The data crate's download progress drawn as a bar on stderr.
+#[derive(Default)]
+pub(crate) struct DownloadBar(Option<indicatif::ProgressBar>);
+
+impl nin_data::DownloadProgress for DownloadBar {
+    fn start(&mut self, file: &str, done: u64, total: Option<u64>) {
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(file.to_string());
+        bar.set_position(done);
+        self.0 = Some(bar);
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish();
+        }
+    }
 }
 
 fn locate(common: &Common) -> anyhow::Result<(Dataset, Source)> {

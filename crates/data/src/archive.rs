@@ -3,11 +3,17 @@
 //!
 //! **Invariant:** no member is ever written outside the target folder and links are refused,
 //! whether the archive is read in memory or extracted.
+//!
+//! **Invariant:** no size read from a file is trusted for allocation or for how long to read.
+//! Every member, record file and archive is bounded by the largest its kind has in the official
+//! archives ([`max_member_bytes`], [`max_archive_bytes`]) and read through a cap, so a kilobyte
+//! archive declaring a terabyte member, a huge sparse file or a link to `/dev/zero` is refused
+//! with an error naming it, never read until memory runs out.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -46,7 +52,7 @@ pub struct LoadOptions {
 pub fn locate(dataset: Dataset, data: Option<&Path>) -> Result<Source> {
     let root = match data {
         Some(p) => p.to_path_buf(),
-        None => crate::download::cache_dir()?,
+        None => crate::cache::cache_dir()?,
     };
     if root.is_file() {
         return Ok(Source::Archive(root));
@@ -122,6 +128,63 @@ pub fn load_source(dataset: Dataset, source: &Source, kind: LabelKind) -> Result
 /// Members read into memory, keyed by file name inside the dataset folder.
 pub type Members = HashMap<&'static str, Vec<u8>>;
 
+/// Records in the largest record file of the official archives: each CIFAR-10 batch and each
+/// test file holds 10,000; CIFAR-100's `train.bin` holds all 50,000 training images.
+fn official_records(dataset: Dataset, file: &str) -> Option<u64> {
+    if dataset.train_files().contains(&file) {
+        Some(match dataset {
+            Dataset::Cifar10 => 10_000,
+            Dataset::Cifar100 => 50_000,
+        })
+    } else if dataset.test_files().contains(&file) {
+        Some(10_000)
+    } else {
+        None
+    }
+}
+
+/// The largest label-names file accepted: the official ones are 61 bytes (CIFAR-10) and under
+/// a kilobyte (CIFAR-100's 100 fine names).
+const MAX_NAMES_BYTES: u64 = 64 << 10;
+
+/// Room in an archive beyond its expected members: tar headers and padding, the official
+/// `readme.html`, and gzip's framing of incompressible data (5 bytes per 64 KiB block).
+const ARCHIVE_SLACK_BYTES: u64 = 16 << 20;
+
+/// The largest member `file` of `dataset` may be: its size in the official archive for a record
+/// file (e.g. 30,730,000 bytes for `data_batch_1.bin`, 153,700,000 for CIFAR-100's `train.bin`),
+/// 64 KiB for a label-names file. Larger files are refused before they are read.
+pub fn max_member_bytes(dataset: Dataset, file: &str) -> u64 {
+    official_records(dataset, file).map_or(MAX_NAMES_BYTES, |n| n * dataset.record_size() as u64)
+}
+
+/// The largest archive of `dataset` accepted, compressed or not: its expected members at their
+/// largest plus 16 MiB for everything else an archive holds.
+pub fn max_archive_bytes(dataset: Dataset) -> u64 {
+    dataset
+        .members()
+        .iter()
+        .map(|m| max_member_bytes(dataset, m))
+        .sum::<u64>()
+        + ARCHIVE_SLACK_BYTES
+}
+
+/// What kind of file `file` is, as a size error names it ("… more than the N bytes a … can be").
+fn member_kind(dataset: Dataset, file: &str) -> &'static str {
+    match (official_records(dataset, file), dataset) {
+        (Some(_), Dataset::Cifar10) => "CIFAR-10 record file",
+        (Some(_), Dataset::Cifar100) => "CIFAR-100 record file",
+        (None, _) => "label-names file",
+    }
+}
+
+fn archive_kind(dataset: Dataset) -> (&'static str, &'static str) {
+    match dataset {
+        Dataset::Cifar10 => ("CIFAR-10 archive", "decompressed CIFAR-10 archive"),
+        Dataset::Cifar100 => ("CIFAR-100 archive", "decompressed CIFAR-100 archive"),
+    }
+}
+
 fn member<'a>(
     members: &'a Members,
     base: &Path,
@@ -144,81 +207,142 @@ fn display_member(base: &Path, inner: &str, file: &str) -> PathBuf {
     if base.is_dir() {
         base.join(file)
     } else {
-        PathBuf::from(format!("{}!{inner}", base.display()))
+        archive_member(base, inner)
     }
 }
 
-/// Reads the expected members of an extracted folder.
+fn archive_member(archive: &Path, inner: &str) -> PathBuf {
+    PathBuf::from(format!("{}!{inner}", archive.display()))
+}
+
+/// Reads the expected members of an extracted folder, each bounded by [`max_member_bytes`].
 pub fn read_folder(folder: &Path, dataset: Dataset) -> Result<Members> {
     let mut members = Members::new();
     for name in dataset.members() {
         let path = folder.join(name);
-        match fs::read(&path) {
+        let limit = max_member_bytes(dataset, name);
+        match nin_format::read_bounded(&path, member_kind(dataset, name), limit) {
             Ok(b) => {
                 members.insert(name, b);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(nin_format::Error::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
                 return Err(Error::MissingMember {
                     path: folder.into(),
                     member: name.into(),
                     dataset,
                 })
             }
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(Error::from_format(e)),
         }
     }
     Ok(members)
 }
 
-/// Reads the expected members of a `.tar.gz` archive into memory, refusing unsafe members.
+/// Reads the expected members of a `.tar.gz` archive into memory, refusing unsafe, duplicate and
+/// oversized members.
 pub fn read_archive(archive: &Path, dataset: Dataset) -> Result<Members> {
     let mut members = Members::new();
-    walk_archive(archive, dataset, |name, entry| {
-        let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0) as usize);
-        entry.read_to_end(&mut buf).map_err(Walk::Io)?;
-        members.insert(name, buf);
+    walk_archive(archive, dataset, |name, bytes| {
+        members.insert(name, bytes);
         Ok(())
     })?;
     check_complete(&members, archive, dataset)?;
     Ok(members)
 }
 
-/// Extracts only the expected members of `archive` into `target/<dataset folder>/`, each written to a
-/// temporary file then renamed; returns the extracted folder.
+/// Extracts only the expected members of `archive` into `target/<dataset folder>/`, each written
+/// atomically ([`nin_format::write_atomic`]); returns the extracted folder. Temporary files a
+/// killed extraction left there are removed first.
 pub fn extract(archive: &Path, dataset: Dataset, target: &Path) -> Result<PathBuf> {
     let folder = target.join(dataset.folder_name());
-    fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
-    let mut seen = Members::new();
-    walk_archive(archive, dataset, |name, entry| {
-        let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0) as usize);
-        entry.read_to_end(&mut buf).map_err(Walk::Io)?;
-        let dest = folder.join(name);
-        let tmp = folder.join(format!("{name}.part"));
-        let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()
-        };
-        write().map_err(|e| Walk::Data(Error::io(&tmp, e)))?;
-        fs::rename(&tmp, &dest).map_err(|e| Walk::Data(Error::io(&dest, e)))?;
-        seen.insert(name, Vec::new());
+    fs::create_dir_all(&folder).map_err(|e| Error::io("creating folder", &folder, e))?;
+    nin_format::remove_stale_temp_files(&folder).map_err(Error::from_format)?;
+    let mut seen = HashSet::new();
+    walk_archive(archive, dataset, |name, bytes| {
+        nin_format::write_atomic(&folder.join(name), &bytes)
+            .map_err(|e| Walk::Data(Error::from_format(e)))?;
+        seen.insert(name);
         Ok(())
     })?;
-    check_complete(&seen, archive, dataset)?;
+    for name in dataset.members() {
+        if !seen.contains(name) {
+            return Err(missing(archive, dataset, name));
+        }
+    }
     Ok(folder)
 }
 
 fn check_complete(members: &Members, archive: &Path, dataset: Dataset) -> Result<()> {
-    for name in dataset.members() {
-        if !members.contains_key(name) {
-            return Err(Error::MissingMember {
-                path: archive.into(),
-                member: format!("{}/{name}", dataset.folder_name()),
-                dataset,
-            });
-        }
+    match dataset
+        .members()
+        .into_iter()
+        .find(|m| !members.contains_key(m))
+    {
+        Some(name) => Err(missing(archive, dataset, name)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn missing(archive: &Path, dataset: Dataset, name: &str) -> Error {
+    Error::MissingMember {
+        path: archive.into(),
+        member: format!("{}/{name}", dataset.folder_name()),
+        dataset,
+    }
+}
+
+/// Text from inside a file (a member name, a decoder's message quoting one) made safe to print:
+/// garbage bytes would otherwise reach the terminal as control characters, or as a screenful.
+pub(crate) fn printable(text: &str) -> String {
+    const MAX_CHARS: usize = 120;
+    let mut out: String = text
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() || (c.is_alphanumeric() && !c.is_ascii()) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A reader that fails once more than `limit` bytes come through, and remembers that it did, so
+/// an endless or absurdly large stream is refused instead of read for ever.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // One more byte tells a stream of exactly `limit` bytes from a longer one.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.over.set(true);
+            return Err(io::Error::other("size limit exceeded"));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// A reader that remembers the error of the gzip layer, so that tar errors can be told apart from it.
@@ -230,29 +354,66 @@ struct GzTap<R> {
 impl<R: Read> Read for GzTap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf).inspect_err(|e| {
-            *self.error.borrow_mut() = Some(e.to_string());
+            *self.error.borrow_mut() = Some(printable(&e.to_string()));
         })
     }
 }
 
-/// Calls `visit` on every expected member; refuses links, absolute paths and `..`; skips other
-/// regular files (e.g. the official `readme.html`).
+/// The archive as the tar layer reads it: file → cap → buffer → gzip → cap.
+type ArchiveReader = Capped<GzTap<io::BufReader<Capped<fs::File>>>>;
+
+/// Calls `visit` with the bytes of every expected member; refuses links, absolute paths, `..`,
+/// duplicates and members larger than [`max_member_bytes`]; skips other regular files (e.g. the
+/// official `readme.html`).
 fn walk_archive(
     archive: &Path,
     dataset: Dataset,
-    mut visit: impl FnMut(&'static str, &mut TarEntry<'_>) -> std::result::Result<(), Walk>,
+    mut visit: impl FnMut(&'static str, Vec<u8>) -> std::result::Result<(), Walk>,
 ) -> Result<()> {
-    let file = fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
-    let gz_error = Rc::new(RefCell::new(None));
-    let tap = GzTap {
-        inner: flate2::read::GzDecoder::new(io::BufReader::with_capacity(1 << 20, file)),
-        error: gz_error.clone(),
+    let file = fs::File::open(archive).map_err(|e| Error::io("reading", archive, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("reading", archive, e))?
+        .len();
+    let limit = max_archive_bytes(dataset);
+    let (what, what_decompressed) = archive_kind(dataset);
+    let too_large = |what, size| Error::TooLarge {
+        path: archive.into(),
+        what,
+        size,
+        limit,
     };
-    let mut tar = tar::Archive::new(tap);
+    if size > limit {
+        return Err(too_large(what, size));
+    }
+    // The metadata of a device or a growing file says nothing: the caps bound what is read.
+    let file_over = Rc::new(Cell::new(false));
+    let stream_over = Rc::new(Cell::new(false));
+    let gz_error = Rc::new(RefCell::new(None));
+    let compressed = Capped {
+        inner: file,
+        left: limit,
+        over: file_over.clone(),
+    };
+    let reader: ArchiveReader = Capped {
+        inner: GzTap {
+            inner: flate2::read::GzDecoder::new(io::BufReader::with_capacity(1 << 20, compressed)),
+            error: gz_error.clone(),
+        },
+        left: limit,
+        over: stream_over.clone(),
+    };
+    let mut tar = tar::Archive::new(reader);
     let walked = walk_entries(&mut tar, archive, dataset, &mut visit);
     // Read the gzip stream to its end: a corrupt deflate block or CRC shows up here even when the
     // tar layer stopped early (or choked first on the garbage).
     let drained = io::copy(&mut tar.into_inner(), &mut io::sink());
+    if file_over.get() {
+        return Err(too_large(what, limit + 1));
+    }
+    if stream_over.get() {
+        return Err(too_large(what_decompressed, limit + 1));
+    }
     if let Some(reason) = gz_error.borrow().clone() {
         return Err(Error::CorruptGzip {
             path: archive.into(),
@@ -262,12 +423,12 @@ fn walk_archive(
     match walked {
         Err(Walk::Io(e)) => Err(Error::CorruptTar {
             path: archive.into(),
-            reason: e.to_string(),
+            reason: printable(&e.to_string()),
         }),
         Err(Walk::Data(e)) => Err(e),
         Ok(()) => drained.map(|_| ()).map_err(|e| Error::CorruptGzip {
             path: archive.into(),
-            reason: e.to_string(),
+            reason: printable(&e.to_string()),
         }),
     }
 }
@@ -278,25 +439,23 @@ enum Walk {
     Data(Error),
 }
 
-/// A member being read from a `.tar.gz`.
-type TarEntry<'a> = tar::Entry<'a, GzTap<io::BufReader<fs::File>>>;
-
-type Visit<'a> = dyn FnMut(&'static str, &mut TarEntry<'_>) -> std::result::Result<(), Walk> + 'a;
+type Visit<'a> = dyn FnMut(&'static str, Vec<u8>) -> std::result::Result<(), Walk> + 'a;
 
 fn walk_entries(
-    tar: &mut tar::Archive<GzTap<io::BufReader<fs::File>>>,
+    tar: &mut tar::Archive<ArchiveReader>,
     archive: &Path,
     dataset: Dataset,
     visit: &mut Visit<'_>,
 ) -> std::result::Result<(), Walk> {
     let expected = dataset.members();
+    let mut seen = HashSet::new();
     for entry in tar.entries().map_err(Walk::Io)? {
         let mut entry = entry.map_err(Walk::Io)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let unsafe_member = |reason| {
             Walk::Data(Error::UnsafeMember {
                 path: archive.into(),
-                member: raw.clone(),
+                member: printable(&raw),
                 reason,
             })
         };
@@ -329,9 +488,67 @@ fn walk_entries(
             }
             _ => None,
         };
-        if let Some(name) = name {
-            visit(name, &mut entry)?;
+        let Some(&name) = name else { continue };
+        let inner = format!("{}/{name}", dataset.folder_name());
+        if !seen.insert(name) {
+            return Err(Walk::Data(Error::DuplicateMember {
+                path: archive.into(),
+                member: inner,
+            }));
         }
+        // The declared size (pax `size` included) decides how much the tar layer yields: check it
+        // before reading, and read through `take` should the two ever disagree.
+        let limit = max_member_bytes(dataset, name);
+        let size = entry.size();
+        if size > limit {
+            return Err(Walk::Data(Error::TooLarge {
+                path: archive_member(archive, &inner),
+                what: member_kind(dataset, name),
+                size,
+                limit,
+            }));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&mut entry)
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(Walk::Io)?;
+        visit(name, bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capped(bytes: &[u8], limit: u64) -> (io::Result<Vec<u8>>, bool) {
+        let over = Rc::new(Cell::new(false));
+        let mut reader = Capped {
+            inner: bytes,
+            left: limit,
+            over: over.clone(),
+        };
+        let mut out = Vec::new();
+        let read = reader.read_to_end(&mut out).map(|_| out);
+        (read, over.get())
+    }
+
+    #[test]
+    fn cap_passes_exactly_the_limit_and_refuses_one_byte_more() {
+        let (read, over) = capped(&[1; 100], 100);
+        assert_eq!((read.map(|v| v.len()).ok(), over), (Some(100), false));
+        let (read, over) = capped(&[1; 101], 100);
+        assert!(read.is_err() && over);
+        let (read, over) = capped(&[], 0);
+        assert_eq!((read.map(|v| v.len()).ok(), over), (Some(0), false));
+    }
+
+    #[test]
+    fn printable_keeps_names_and_hides_control_bytes() {
+        assert_eq!(printable("cifar-10/données.bin"), "cifar-10/données.bin");
+        assert_eq!(printable("a\u{1b}[2J\u{fffd}\nb"), "a?[2J??b");
+        let long = printable(&"x".repeat(500));
+        assert!(long.ends_with('…') && long.chars().count() == 121, "{long}");
+    }
 }

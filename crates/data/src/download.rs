@@ -1,30 +1,27 @@
-//! Downloading the official archives into the cache folder: progress bar, resume of a partial
-//! download (HTTP Range on `<file>.part`), MD5 check, then an atomic rename.
+//! Downloading the official archives into the cache folder: resume of a partial download (HTTP
+//! Range on `<file>.part`), MD5 check, then an atomic, durable rename. Progress is reported to a
+//! [`DownloadProgress`] the caller draws: a library never prints.
 //!
 //! The HTTP client is `ureq` 3 with rustls: small, blocking (no async runtime for a one-off
-//! download), actively maintained, and pure Rust TLS so no system OpenSSL is needed.
+//! download), actively maintained, and pure Rust TLS so no system OpenSSL is needed. The whole
+//! module sits behind the `download` feature, so a build without networking leaves it out.
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use md5::{Digest, Md5};
-
+use crate::cache::md5_file;
 use crate::dataset::{Dataset, HOME_PAGE};
 use crate::{Error, Result};
 
 /// Folder the archives are published in; `NIN_CIFAR_URL` overrides it.
 pub const DEFAULT_BASE_URL: &str = "https://www.cs.toronto.edu/~kriz";
 
-/// The cache folder: `$NIN_DATA_DIR`, else `<platform cache dir>/nin-zoo/cifar`.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("NIN_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    dirs::cache_dir()
-        .map(|d| d.join("nin-zoo").join("cifar"))
-        .ok_or(Error::NoCacheDir)
-}
+/// How long a server may stay silent before a download fails: generous for a slow link (any
+/// byte restarts the clock), but a server that accepted and stalled is not waited on for ever.
+/// `NIN_DOWNLOAD_TIMEOUT` (seconds) overrides it (see [`download`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The base URL: `$NIN_CIFAR_URL`, else [`DEFAULT_BASE_URL`].
 pub fn base_url() -> String {
@@ -34,23 +31,25 @@ pub fn base_url() -> String {
         .unwrap_or_else(|| DEFAULT_BASE_URL.to_string())
 }
 
-/// Hex MD5 of a file.
-pub fn md5_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
+/// Receives the progress of a download, for the caller to draw (the CLI draws a bar).
+pub trait DownloadProgress {
+    /// The body starts arriving: `file` is the destination's file name, `done` the bytes already
+    /// there from an earlier, interrupted download, `total` the whole size when the server says.
+    fn start(&mut self, file: &str, done: u64, total: Option<u64>);
+    /// `bytes` more bytes arrived.
+    fn advance(&mut self, bytes: u64);
+    /// The body ended without a read error.
+    fn finish(&mut self);
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A [`DownloadProgress`] that shows nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl DownloadProgress for NoProgress {
+    fn start(&mut self, _file: &str, _done: u64, _total: Option<u64>) {}
+    fn advance(&mut self, _bytes: u64) {}
+    fn finish(&mut self) {}
 }
 
 /// Options of a download.
@@ -60,23 +59,76 @@ pub struct DownloadOptions {
     pub base_url: String,
     /// Expected MD5; `None` uses the published sum of the dataset.
     pub md5: Option<String>,
-    /// Whether to draw a progress bar on stderr.
-    pub progress: bool,
+    /// How long the server may stay silent (connecting, before answering, or in the middle of
+    /// the body) before the download fails; what arrived is kept for the next attempt to resume.
+    pub stall_timeout: Duration,
 }
 
 impl DownloadOptions {
-    /// Published URL and MD5 (`$NIN_CIFAR_URL` honoured), with a progress bar.
+    /// Published URL and MD5 (`$NIN_CIFAR_URL` honoured), and [`DEFAULT_STALL_TIMEOUT`]
+    /// (which `$NIN_DOWNLOAD_TIMEOUT` overrides when the download starts, see [`download`]).
     pub fn official() -> Self {
         DownloadOptions {
             base_url: base_url(),
             md5: None,
-            progress: true,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
 
-/// Downloads the archive of `dataset` into `dir` unless a verified copy is already there; returns its path.
-pub fn download(dataset: Dataset, dir: &Path, opts: &DownloadOptions) -> Result<PathBuf> {
+/// What went wrong with a request, a timeout said as such.
+fn describe(e: &ureq::Error, stall_timeout: Duration) -> String {
+    match e {
+        ureq::Error::Timeout(phase) => stalled(stall_timeout, &phase.to_string()),
+        ureq::Error::Io(io) if is_timeout(io) => stalled(stall_timeout, "read"),
+        other => other.to_string(),
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+fn stalled(stall_timeout: Duration, phase: &str) -> String {
+    format!(
+        "the server stayed silent for {:.1} s ({phase} timed out; set NIN_DOWNLOAD_TIMEOUT to wait longer)",
+        stall_timeout.as_secs_f64()
+    )
+}
+
+/// The stall timeout `$NIN_DOWNLOAD_TIMEOUT` asks for, if set.
+fn env_stall_timeout() -> Result<Option<Duration>> {
+    let Some(raw) = std::env::var_os("NIN_DOWNLOAD_TIMEOUT").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => {
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        _ => Err(Error::InvalidConfig {
+            field: "NIN_DOWNLOAD_TIMEOUT",
+            expected: "a positive number of seconds".into(),
+            got: text.into_owned(),
+        }),
+    }
+}
+
+/// Downloads the archive of `dataset` into `dir` unless a verified copy is already there; returns
+/// its path.
+///
+/// `$NIN_DOWNLOAD_TIMEOUT` (seconds, e.g. `2.5`), when set, replaces `opts.stall_timeout`, so a
+/// user on a slow link, or a test against a stalling server, can change it without a flag; a
+/// value that is not a positive number of seconds is refused.
+pub fn download(
+    dataset: Dataset,
+    dir: &Path,
+    opts: &DownloadOptions,
+    progress: &mut dyn DownloadProgress,
+) -> Result<PathBuf> {
     let dest = dir.join(dataset.archive_name());
     let md5 = opts
         .md5
@@ -98,15 +150,26 @@ pub fn download(dataset: Dataset, dir: &Path, opts: &DownloadOptions) -> Result<
         opts.base_url.trim_end_matches('/'),
         dataset.archive_name()
     );
-    download_url(&url, &dest, &md5, opts.progress)?;
+    let stall = env_stall_timeout()?.unwrap_or(opts.stall_timeout);
+    download_url(&url, &dest, &md5, stall, progress)?;
     Ok(dest)
 }
 
 /// Downloads `url` to `dest`: appends to `<dest>.part` (resuming with an HTTP Range request when it
-/// exists), checks the MD5, then renames atomically. A part whose MD5 is wrong is deleted.
-pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// exists), checks the MD5, then renames atomically. A part whose MD5 is wrong is deleted. The
+/// server may stay silent at most `stall_timeout` at any point.
+pub fn download_url(
+    url: &str,
+    dest: &Path,
+    md5: &str,
+    stall_timeout: Duration,
+    progress: &mut dyn DownloadProgress,
+) -> Result<()> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(|e| Error::io("creating folder", dir, e))?;
     let part = PathBuf::from(format!("{}.part", dest.display()));
     let fail = |reason: String| Error::Download {
         url: url.into(),
@@ -116,16 +179,23 @@ pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result
     };
     let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
 
+    // Every phase where the server could stall has a bound; none bounds the whole body, which
+    // takes minutes on a slow link. A per-read timeout restarts with each byte received.
+    let stall = Some(stall_timeout);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_connect(Some(std::time::Duration::from_secs(20)))
+        .timeout_resolve(stall)
+        .timeout_connect(stall)
+        .timeout_send_request(stall)
+        .timeout_recv_response(stall)
+        .timeout_per_read(stall)
         .build()
         .into();
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
-    let resp = req.call().map_err(|e| fail(e.to_string()))?;
+    let resp = req.call().map_err(|e| fail(describe(&e, stall_timeout)))?;
     let status = resp.status().as_u16();
     let header_u64 = |name: &str| {
         resp.headers()
@@ -147,23 +217,13 @@ pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result
         .append(append)
         .truncate(!append)
         .open(&part)
-        .map_err(|e| Error::io(&part, e))?;
+        .map_err(|e| Error::io("writing", &part, e))?;
     if status != 416 {
-        let bar = progress.then(|| {
-            let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(
-                dest.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
-            bar.set_position(start);
-            bar
-        });
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        progress.start(&name, start, total);
         let mut body = resp.into_body().into_reader();
         let mut buf = vec![0u8; 1 << 16];
         let mut got = start;
@@ -173,21 +233,23 @@ pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    let why = match e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+                        Some(inner) => describe(inner, stall_timeout),
+                        None if is_timeout(&e) => stalled(stall_timeout, "read"),
+                        None => e.to_string(),
+                    };
                     return Err(fail(format!(
-                        "connection lost after {got} bytes ({e}); run again to resume from {}",
+                        "connection lost after {got} bytes ({why}); run again to resume from {}",
                         part.display()
-                    )))
+                    )));
                 }
             };
-            file.write_all(&buf[..n]).map_err(|e| Error::io(&part, e))?;
+            file.write_all(&buf[..n])
+                .map_err(|e| Error::io("writing", &part, e))?;
             got += n as u64;
-            if let Some(b) = &bar {
-                b.set_position(got);
-            }
+            progress.advance(n as u64);
         }
-        if let Some(b) = bar {
-            b.finish();
-        }
+        progress.finish();
         if let Some(t) = total {
             if got < t {
                 return Err(fail(format!(
@@ -197,7 +259,8 @@ pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result
             }
         }
     }
-    file.sync_all().map_err(|e| Error::io(&part, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("writing", &part, e))?;
     drop(file);
     let got = md5_file(&part)?;
     if got != md5 {
@@ -209,5 +272,11 @@ pub fn download_url(url: &str, dest: &Path, md5: &str, progress: bool) -> Result
             got,
         });
     }
-    fs::rename(&part, dest).map_err(|e| Error::io(dest, e))
+    // Not `nin_format::write_atomic`: the part is the resume state, so it keeps one stable name
+    // across runs (write_atomic's temporary names are per process and removed as stale), and
+    // copying 170 MB into a fresh temporary file would only repeat what the part already is.
+    // The steps after writing are the same: the part was flushed above, the rename puts it in
+    // place whole or not at all, and flushing the folder makes the rename survive a power cut.
+    fs::rename(&part, dest).map_err(|e| Error::io("renaming into place", dest, e))?;
+    nin_format::sync_dir(dir).map_err(Error::from_format)
 }

@@ -1,5 +1,9 @@
 //! The one error type of `nin-data`: every variant names the file or field at fault and what was
 //! expected, so a user can fix the input without reading the code.
+//!
+//! Messages never repeat their cause: an underlying error is the `source`, which a caller prints
+//! as the next link of the chain (`anyhow`'s `{:#}`), as in `nin-format`. A `reason` string is
+//! what a decoder or client said, already made printable, and is not a `source`.
 
 use std::path::PathBuf;
 
@@ -8,12 +12,27 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system error on a file or folder.
-    #[error("{}: {source}", path.display())]
+    #[error("{action} {}", path.display())]
     Io {
+        /// What was being done, e.g. `reading`.
+        action: &'static str,
         /// The file or folder.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A file, archive member or decompressed stream larger than any of its kind can be, refused
+    /// before it is read into memory.
+    #[error("{}: {size} bytes, more than the {limit} bytes a {what} can be", path.display())]
+    TooLarge {
+        /// The file, or the member as `archive.tar.gz!folder/member`.
+        path: PathBuf,
+        /// What it should be, e.g. `CIFAR-10 record file`.
+        what: &'static str,
+        /// Its size (declared, or read so far) in bytes.
+        size: u64,
+        /// The largest size accepted.
+        limit: u64,
     },
     /// A record file whose size is not a whole number of records (truncated or partial record).
     #[error(
@@ -78,6 +97,14 @@ pub enum Error {
         member: String,
         /// Why it is refused.
         reason: &'static str,
+    },
+    /// An expected member stored twice in one archive (which copy is meant is unknowable).
+    #[error("{}: member `{member}` appears more than once", path.display())]
+    DuplicateMember {
+        /// The archive.
+        path: PathBuf,
+        /// The member's path inside the archive.
+        member: String,
     },
     /// An expected member (record file or label names) is absent.
     #[error("{}: missing member `{member}` of the official {dataset} layout", path.display())]
@@ -170,6 +197,14 @@ pub enum Error {
         /// Shape found (empty when absent).
         got: Vec<usize>,
     },
+    /// A whitening file that is not a valid safetensors file, or could not be encoded as one.
+    #[error("{}: {reason}", path.display())]
+    Whitening {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What the safetensors reader or writer said.
+        reason: String,
+    },
     /// The eigen-decomposition of the covariance failed.
     #[error("ZCA fit: eigen-decomposition of the {n}x{n} covariance failed: {reason}")]
     Eigen {
@@ -178,6 +213,9 @@ pub enum Error {
         /// What faer said.
         reason: String,
     },
+    /// Writing or bounded reading through the format crate failed.
+    #[error(transparent)]
+    Format(#[from] nin_format::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -190,11 +228,35 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// An [`Error::Io`] for `path`.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An [`Error::Io`] on `path` while doing `action`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
+            action,
             path: path.into(),
             source,
+        }
+    }
+
+    /// The format crate's errors in this crate's terms: a file too large is this crate's
+    /// [`Error::TooLarge`], so callers match one variant whatever read it.
+    pub(crate) fn from_format(e: nin_format::Error) -> Self {
+        match e {
+            nin_format::Error::TooLarge {
+                path,
+                what,
+                size,
+                limit,
+            } => Error::TooLarge {
+                path,
+                what,
+                size,
+                limit,
+            },
+            other => Error::Format(other),
         }
     }
 }

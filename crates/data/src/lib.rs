@@ -2,8 +2,10 @@
 //! reproducibly and safely.
 //!
 //! - [`locate`] / [`load`] read the official `.tar.gz` (in memory, no extraction needed), an
-//!   extracted folder, or the cache ([`cache_dir`]); [`download`] fetches into the cache with
-//!   resume and MD5 check; [`extract`] unpacks only the expected members.
+//!   extracted folder, or the cache ([`cache_dir`]), refusing members larger than the official
+//!   ones ([`max_member_bytes`]); `download` (feature `download`, on by default) fetches into the
+//!   cache with resume, MD5 check and stall timeouts, reporting to a `DownloadProgress` the caller
+//!   draws; [`extract`] unpacks only the expected members, each written atomically.
 //! - [`Cifar`] holds both splits as [`ImageSet`]s (`u8`, CHW, as stored); [`Cifar::split`] draws a
 //!   seeded, stratified validation [`Holdout`] from the training set.
 //! - [`Loader`] turns a set into [`Batch`]es of `[N, 3, 32, 32]` f32 tensors and `u32` labels, with
@@ -28,7 +30,9 @@
 #![deny(missing_docs)]
 
 mod archive;
+mod cache;
 mod dataset;
+#[cfg(feature = "download")]
 mod download;
 mod error;
 mod loader;
@@ -37,14 +41,18 @@ mod rng;
 mod zca;
 
 pub use archive::{
-    extract, load, load_source, locate, read_archive, read_folder, LoadOptions, Members, Source,
+    extract, load, load_source, locate, max_archive_bytes, max_member_bytes, read_archive,
+    read_folder, LoadOptions, Members, Source,
 };
+pub use cache::{cache_dir, md5_file};
 pub use dataset::{
     parse_names, parse_records, Cifar, Dataset, Holdout, ImageSet, LabelKind, Split, HOME_PAGE,
     IMAGE_BYTES,
 };
+#[cfg(feature = "download")]
 pub use download::{
-    base_url, cache_dir, download, download_url, md5_file, DownloadOptions, DEFAULT_BASE_URL,
+    base_url, download, download_url, DownloadOptions, DownloadProgress, NoProgress,
+    DEFAULT_BASE_URL, DEFAULT_STALL_TIMEOUT,
 };
 pub use error::{Error, Result};
 pub use loader::{
@@ -52,4 +60,6 @@ pub use loader::{
     Preprocess,
 };
 pub use normalize::Normalize;
-pub use zca::{gcn, Zca, ZcaConfig, ZcaTensors, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN};
+pub use zca::{
+    gcn, Zca, ZcaConfig, ZcaTensors, MAX_WHITENING_BYTES, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN,
+};

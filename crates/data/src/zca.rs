@@ -14,6 +14,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, Side};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::printable;
 use crate::dataset::{ImageSet, IMAGE_BYTES};
 use crate::{Error, Result};
 
@@ -23,6 +24,10 @@ pub const ZCA_MEAN: &str = "zca.mean";
 pub const ZCA_MATRIX: &str = "zca.matrix";
 /// Tensor name of the GCN scale `[1]`.
 pub const ZCA_GCN_SCALE: &str = "zca.gcn_scale";
+
+/// The largest whitening file [`Zca::load`] reads: one in f32 is 37.8 MB (the `[3072, 3072]`
+/// matrix), one in f64 twice that; the rest leaves room for a model's weights in the same file.
+pub const MAX_WHITENING_BYTES: u64 = 128 << 20;
 
 /// Settings of the authors' preprocessing.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -232,22 +237,35 @@ impl Zca {
         })
     }
 
-    /// Saves the transform to a safetensors file (written to a temporary file, then renamed).
+    /// Saves the transform to a safetensors file (usually [`nin_format::files::WHITENING_SAFETENSORS`]
+    /// in a model directory), atomically: a reader sees the old file or the new one, never half.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
-        candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let mut tensors: Vec<(String, Tensor)> =
+            self.to_tensors(&Device::Cpu)?.into_iter().collect();
+        // Sorted names make the file's bytes a function of the transform alone.
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), None)
+            .map_err(|e| Error::Whitening {
+                path: path.into(),
+                reason: format!("encoding the whitening as safetensors failed ({e})"),
+            })?;
+        nin_format::write_atomic(path, &bytes).map_err(Error::from_format)
     }
 
-    /// Loads a transform saved by [`Zca::save`] (or the `zca.*` tensors of a model file).
+    /// Loads a transform saved by [`Zca::save`] (or the `zca.*` tensors of a model file), reading
+    /// at most [`MAX_WHITENING_BYTES`].
     pub fn load(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
-        }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let bytes = nin_format::read_bounded(path, "whitening file", MAX_WHITENING_BYTES)
+            .map_err(Error::from_format)?;
+        // Checks the header's offsets against the bytes before candle reads them.
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Whitening {
+            path: path.into(),
+            reason: format!(
+                "not a valid safetensors whitening file ({})",
+                printable(&e.to_string())
+            ),
+        })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
         Self::from_tensors(&tensors, path)
     }
 }

@@ -1,4 +1,6 @@
-//! Every malformed input gets an error naming the file and the problem: one test per case.
+//! Every malformed input gets an error naming the file and the problem, never a panic, an abort
+//! or an endless read: one test per case (truncated, corrupt, unsafe, duplicate, oversized or
+//! endless archives, members and record files; garbage that must not reach the terminal).
 
 mod common;
 
@@ -305,5 +307,313 @@ fn cifar100_labels_and_names() -> TestResult {
         ),
         (vec![1, 2, 19], 20, "coarse19")
     );
+    Ok(())
+}
+
+/// A tar.gz whose member `path` declares `size` bytes but holds only a few: what a 2 KB hostile
+/// archive looks like.
+fn archive_declaring(dir: &std::path::Path, path: &str, size: u64) -> std::path::PathBuf {
+    let mut tar = tar_bytes(&cifar10_members()[..1]);
+    tar.truncate(tar.len() - 1024); // Drop the end-of-archive blocks.
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(EntryType::Regular);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(&[7u8; 1536]);
+    let p = dir.join("huge.tar.gz");
+    std::fs::write(&p, gz(&tar)).expect("write archive");
+    p
+}
+
+#[test]
+fn huge_declared_member_size_is_refused_before_reading() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for size in [1u64 << 63, 1 << 40, 30_730_001] {
+        let path = archive_declaring(dir.path(), "cifar-10-batches-bin/data_batch_2.bin", size);
+        assert!(std::fs::metadata(&path)?.len() < 4096);
+        for err in [
+            load_archive(&path).unwrap_err(),
+            nin_data::extract(&path, Dataset::Cifar10, &dir.path().join("out")).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(
+                matches!(err, Error::TooLarge { size: s, limit: 30_730_000, .. } if s == size),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("huge.tar.gz!cifar-10-batches-bin/data_batch_2.bin")
+                    && msg.contains("CIFAR-10 record file"),
+                "{msg}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn huge_declared_size_of_an_unexpected_member_is_an_error_not_an_abort() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = archive_declaring(dir.path(), "cifar-10-batches-bin/readme.html", 1 << 62);
+    let err = load_archive(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::CorruptTar { .. } | Error::CorruptGzip { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.tar.gz"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn official_member_sizes_bound_every_member() {
+    use nin_data::{max_archive_bytes, max_member_bytes};
+    assert_eq!(
+        max_member_bytes(Dataset::Cifar10, "data_batch_1.bin"),
+        30_730_000
+    );
+    assert_eq!(
+        max_member_bytes(Dataset::Cifar10, "test_batch.bin"),
+        30_730_000
+    );
+    assert_eq!(
+        max_member_bytes(Dataset::Cifar100, "train.bin"),
+        153_700_000
+    );
+    assert_eq!(max_member_bytes(Dataset::Cifar100, "test.bin"), 30_740_000);
+    assert_eq!(
+        max_member_bytes(Dataset::Cifar10, "batches.meta.txt"),
+        64 << 10
+    );
+    // The official archives (170,052,171 and 169,001,437 bytes) fit, with room to spare.
+    assert!(max_archive_bytes(Dataset::Cifar10) > 184_400_000);
+    assert!(max_archive_bytes(Dataset::Cifar100) > 184_500_000);
+}
+
+#[test]
+fn oversized_archive_file_is_refused_before_reading() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cifar-10-binary.tar.gz");
+    // Sparse: a terabyte on paper, nothing on disk.
+    std::fs::File::create(&path)?.set_len(1 << 40)?;
+    let err = load_archive(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { size, .. } if size == 1 << 40),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("cifar-10-binary.tar.gz")
+            && err.to_string().contains("CIFAR-10 archive"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn gzip_bomb_is_refused_once_past_the_largest_archive() -> TestResult {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bomb.tar.gz");
+    // A few hundred kilobytes that inflate past every CIFAR-10 archive: a valid archive, then
+    // zeros (which a tar reader takes for its end, so only the drain of the gzip layer sees them).
+    let mut gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(&path)?, flate2::Compression::best());
+    gz.write_all(&tar_bytes(&cifar10_members()))?;
+    let zeros = vec![0u8; 1 << 20];
+    let limit = nin_data::max_archive_bytes(Dataset::Cifar10);
+    for _ in 0..=(limit >> 20) {
+        gz.write_all(&zeros)?;
+    }
+    gz.finish()?;
+    assert!(std::fs::metadata(&path)?.len() < 1 << 20);
+    let err = load_archive(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: l, .. } if l == limit),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("bomb.tar.gz")
+            && err.to_string().contains("decompressed CIFAR-10 archive"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn endless_archive_is_an_error() {
+    // Not a regular file, so its size says nothing: the gzip layer refuses it at once.
+    let err =
+        nin_data::read_archive(std::path::Path::new("/dev/zero"), Dataset::Cifar10).unwrap_err();
+    assert!(matches!(err, Error::CorruptGzip { .. }), "{err}");
+}
+
+#[test]
+fn oversized_record_file_in_extracted_folder() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let archive = write_archive(dir.path(), "c.tar.gz", &cifar10_members());
+    let folder = nin_data::extract(&archive, Dataset::Cifar10, dir.path())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(folder.join("data_batch_4.bin"))?
+        .set_len(1 << 40)?;
+    let err = load_archive(&folder).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                limit: 30_730_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("data_batch_4.bin")
+            && err.to_string().contains("CIFAR-10 record file"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn endless_record_file_in_extracted_folder() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let archive = write_archive(dir.path(), "c.tar.gz", &cifar10_members());
+    let folder = nin_data::extract(&archive, Dataset::Cifar10, dir.path())?;
+    std::fs::remove_file(folder.join("batches.meta.txt"))?;
+    std::os::unix::fs::symlink("/dev/zero", folder.join("batches.meta.txt"))?;
+    let err = load_archive(&folder).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: 65_536, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("batches.meta.txt"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn duplicate_member_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut m = cifar10_members();
+    m.push(file(
+        "./cifar-10-batches-bin/data_batch_2.bin",
+        records10(&[9, 9], 1),
+    ));
+    let path = write_archive(dir.path(), "dup.tar.gz", &m);
+    let err = load_archive(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateMember { ref member, .. } if member == "cifar-10-batches-bin/data_batch_2.bin"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("dup.tar.gz") && err.to_string().contains("more than once"),
+        "{err}"
+    );
+    let err = nin_data::extract(&path, Dataset::Cifar10, &dir.path().join("out")).unwrap_err();
+    assert!(matches!(err, Error::DuplicateMember { .. }), "{err}");
+    Ok(())
+}
+
+/// A message fit for a terminal: no control characters, no replacement characters from bytes
+/// that were not text, and not a screenful.
+fn assert_printable(msg: &str) {
+    assert!(
+        msg.chars().all(|c| !c.is_control() && c != '\u{fffd}') && msg.len() < 600,
+        "{msg:?}"
+    );
+}
+
+#[test]
+fn gzip_of_garbage_does_not_echo_raw_bytes() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("garbage.tar.gz");
+    for seed in 0..20 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let garbage: Vec<u8> = (0..2048).map(|_| rng.random()).collect();
+        std::fs::write(&path, gz(&garbage))?;
+        let err = load_archive(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::CorruptTar { .. } | Error::CorruptGzip { .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("garbage.tar.gz"), "{msg}");
+        assert_printable(&msg);
+    }
+    // A header whose name and numeric fields are garbage: the tar reader quotes them.
+    let mut tar = tar_bytes(&cifar10_members()[..1]);
+    for (i, b) in tar[..500].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37) | 0x80;
+    }
+    std::fs::write(&path, gz(&tar))?;
+    let err = load_archive(&path).unwrap_err();
+    assert_printable(&err.to_string());
+    Ok(())
+}
+
+#[test]
+fn every_cause_is_printed_once() -> TestResult {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&folder)?;
+    // A folder where a record file should be: an IO error with an OS cause.
+    std::fs::create_dir(folder.join("data_batch_1.bin"))?;
+    std::fs::write(folder.join("batches.meta.txt"), b"x")?;
+    let err = load_archive(&folder).unwrap_err();
+    let mut chain = vec![err.to_string()];
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        chain.push(c.to_string());
+        cause = c.source();
+    }
+    assert!(chain[0].contains("data_batch_1.bin"), "{chain:?}");
+    // No link repeats the next one: anyhow's `{:#}` would print it twice.
+    for pair in chain.windows(2) {
+        assert!(!pair[0].contains(&pair[1]), "{chain:?}");
+    }
+    assert!(chain.len() >= 2, "{chain:?}");
+    Ok(())
+}
+
+#[test]
+fn whitening_file_is_bounded_and_checked() -> TestResult {
+    use nin_data::{Zca, IMAGE_BYTES};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("whitening.safetensors");
+    std::fs::write(&path, b"not a safetensors file")?;
+    let err = Zca::load(&path).unwrap_err();
+    assert!(matches!(err, Error::Whitening { .. }), "{err}");
+    assert!(err.to_string().contains("whitening.safetensors"), "{err}");
+    // A header that declares more than the file holds.
+    let mut bytes = 1_000_000u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&path, &bytes)?;
+    assert!(matches!(
+        Zca::load(&path).unwrap_err(),
+        Error::Whitening { .. }
+    ));
+    std::fs::File::create(&path)?.set_len(1 << 40)?;
+    let err = Zca::load(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { what, .. } if what == "whitening file"),
+        "{err}"
+    );
+    // Saving is atomic: the file appears whole, and nothing else is left in the folder.
+    let zca = Zca {
+        gcn_scale: 55.0,
+        mean: vec![0.5; IMAGE_BYTES],
+        matrix: vec![0.0; IMAGE_BYTES * IMAGE_BYTES],
+    };
+    zca.save(&path)?;
+    assert_eq!(Zca::load(&path)?, zca);
+    let names: Vec<_> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, vec!["whitening.safetensors"]);
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Test support shared by the model crates (a dev-dependency only): the first images of the
 //! real CIFAR-10 archive in `../shared/data`, normalised, the check that a model memorises 64 of
 //! them, a whole-tensor relative error, and the check of a model against a PyTorch golden
-//! fixture.
+//! fixture. Every test of the workspace that needs `../shared/data` finds it through
+//! [`shared_data_file`], which skips on a developer's machine without it and fails under CI.
 // Test support fails loudly on purpose: a panic here is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -20,29 +21,77 @@ const MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 /// CIFAR-10's published per-channel standard deviation of `pixel / 255`.
 const STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
-/// The shared CIFAR-10 archive beside the workspace, if present.
+/// Whether the tests run under CI (`CI` set, and not to `0` or `false`), where the real data is
+/// always present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+}
+
+/// `../shared/data/<name>` beside the workspace root (the folder of `Cargo.lock`), if present.
+///
+/// When it is absent, a test on a developer's machine skips: this prints why and returns `None`.
+/// Under CI ([`in_ci`]) it panics instead, failing the test: CI always has the data, so a skip
+/// there would hide a broken path.
+pub fn shared_data_file(name: &str) -> Option<PathBuf> {
+    let path = workspace_root().map(|root| root.join("..").join("shared").join("data").join(name));
+    match path {
+        Some(p) if p.is_file() => Some(p),
+        _ if in_ci() => panic!(
+            "../shared/data/{name} is absent, but CI is set: CI always has the real data, so this \
+             test must not skip (is the data folder mounted beside the workspace?)"
+        ),
+        _ => {
+            eprintln!("skipping: ../shared/data/{name} is absent");
+            None
+        }
+    }
+}
+
+fn workspace_root() -> Option<PathBuf> {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    loop {
+        if dir.join("Cargo.lock").is_file() {
+            return Some(dir);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+/// The shared CIFAR-10 archive beside the workspace; `None` (after a skip message) when absent
+/// on a developer's machine, a panic when absent under CI (see [`shared_data_file`]).
 pub fn cifar10_archive() -> Option<PathBuf> {
-    let archive = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/cifar-10-binary.tar.gz");
-    archive.is_file().then_some(archive)
+    shared_data_file("cifar-10-binary.tar.gz")
 }
 
 /// The first `n` training images of the shared CIFAR-10 archive (`data_batch_1.bin`), as
 /// normalised `[n, 3, 32, 32]` f32 images, `[n]` u32 labels and the labels as a vector; `None`
-/// when the archive is absent (tests then skip with a message) or unreadable.
+/// when the archive is absent on a developer's machine (tests then skip, see
+/// [`shared_data_file`]).
+///
+/// # Panics
+/// When the archive is absent under CI, or present but unreadable: a broken archive is a failure,
+/// never a reason to skip.
 pub fn cifar10_head(n: usize) -> Option<(Tensor, Tensor, Vec<u32>)> {
-    let file = std::fs::File::open(cifar10_archive()?).ok()?;
+    let archive = cifar10_archive()?;
+    let unreadable = |what: &str| -> ! { panic!("{}: unreadable ({what})", archive.display()) };
+    let file = std::fs::File::open(&archive).unwrap_or_else(|e| unreadable(&e.to_string()));
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in tar.entries().ok()? {
-        let entry = entry.ok()?;
-        if !entry.path().ok()?.ends_with("data_batch_1.bin") {
+    for entry in tar.entries().unwrap_or_else(|e| unreadable(&e.to_string())) {
+        let entry = entry.unwrap_or_else(|e| unreadable(&e.to_string()));
+        let is_batch_1 = entry
+            .path()
+            .unwrap_or_else(|e| unreadable(&e.to_string()))
+            .ends_with("data_batch_1.bin");
+        if !is_batch_1 {
             continue;
         }
         let mut bytes = vec![0u8; n * RECORD];
         entry
             .take((n * RECORD) as u64)
             .read_exact(&mut bytes)
-            .ok()?;
+            .unwrap_or_else(|e| unreadable(&format!("data_batch_1.bin: {e}")));
         let labels: Vec<u32> = bytes.chunks(RECORD).map(|r| r[0] as u32).collect();
         let pixels: Vec<f32> = bytes
             .chunks(RECORD)
@@ -57,7 +106,7 @@ pub fn cifar10_head(n: usize) -> Option<(Tensor, Tensor, Vec<u32>)> {
         let ys = Tensor::from_vec(labels.clone(), n, &Device::Cpu).ok()?;
         return Some((xs, ys, labels));
     }
-    None
+    unreadable("no member data_batch_1.bin")
 }
 
 /// The zoo's shape contract for a family, with `build(num_classes)` making a model: for 10 and
@@ -163,15 +212,15 @@ pub struct Memorise {
 /// candle's AdamW, judging accuracy on them in evaluation mode every `check_every` steps, and
 /// returns once it reaches 100 %. candle's AdamW is enough: this checks that a model can learn,
 /// not our optimisers (whose PyTorch semantics nin-train tests). Skips, with a message, when the
-/// archive is absent.
+/// archive is absent (fails under CI, see [`shared_data_file`]).
 ///
 /// # Panics
 /// When 100 % is not reached within `max_steps`, with the last judgements (step, loss, accuracy).
 pub fn assert_memorises_64_images(model: &dyn ClassMapModel, varmap: &VarMap, run: Memorise) {
     use candle_nn::Optimizer;
     const N_IMAGES: usize = 64;
+    // Absent data skips with a message (fails under CI) inside `cifar10_head`.
     let Some((xs, ys, labels)) = cifar10_head(N_IMAGES) else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
         return;
     };
     let params = candle_nn::ParamsAdamW {
@@ -345,4 +394,56 @@ pub fn check_golden_fixture<C: DeserializeOwned>(
         });
     }
     cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROBE_ENV: &str = "NIN_TESTKIT_PROBE";
+
+    /// Asks for a file of `../shared/data` that never exists; does nothing unless run as the
+    /// child of `absent_data_skips_off_ci_and_fails_under_ci`.
+    #[test]
+    fn absent_file_probe() {
+        if std::env::var_os(PROBE_ENV).is_some() {
+            assert!(shared_data_file("no-such-file-of-the-test-suite.bin").is_none());
+        }
+    }
+
+    /// Runs the probe in a child process (this test binary), where `CI` can be set or removed
+    /// without racing the other tests of this process.
+    fn probe(ci: Option<&str>) -> std::process::Output {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "tests::absent_file_probe", "--nocapture"])
+            .env(PROBE_ENV, "1");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        cmd.output().unwrap()
+    }
+
+    #[test]
+    fn absent_data_skips_off_ci_and_fails_under_ci() {
+        for ci in [None, Some("false"), Some("0")] {
+            let out = probe(ci);
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "CI={ci:?}: {text}");
+            assert!(
+                text.contains("skipping: ../shared/data/no-such-file"),
+                "{text}"
+            );
+        }
+        for ci in ["true", "1"] {
+            let out = probe(Some(ci));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "CI={ci}: {text}");
+            assert!(text.contains("but CI is set"), "CI={ci}: {text}");
+        }
+    }
 }

@@ -10,27 +10,10 @@ use std::thread::JoinHandle;
 
 use nin_data::{Dataset, IMAGE_BYTES};
 
-/// `../shared/data` next to the workspace root, if present.
-pub fn shared_data() -> Option<PathBuf> {
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
-    loop {
-        if dir.join("Cargo.lock").is_file() {
-            let data = dir.join("..").join("shared").join("data");
-            return data.is_dir().then_some(data);
-        }
-        if !dir.pop() {
-            return None;
-        }
-    }
-}
-
-/// The real archive `name` in `../shared/data`, or a printed skip message.
+/// The real archive `name` in `../shared/data`; `None` (after a skip message) when absent on a
+/// developer's machine, a failed test when absent under CI (`nin_testkit::shared_data_file`).
 pub fn real_archive(name: &str) -> Option<PathBuf> {
-    let p = shared_data().map(|d| d.join(name)).filter(|p| p.is_file());
-    if p.is_none() {
-        eprintln!("skipping: ../shared/data/{name} is absent");
-    }
-    p
+    nin_testkit::shared_data_file(name)
 }
 
 /// CIFAR-10 records with labels `labels`, pixels a function of (record, byte).
@@ -150,6 +133,11 @@ pub enum Mode {
     Normal,
     /// Announces the full length but closes after this many bytes of body.
     DropAfter(usize),
+    /// Accepts and reads the request, then sends nothing until the client gives up (or 10 s).
+    StallBeforeHeaders,
+    /// Announces the full length, sends this many bytes of body, then sends nothing until the
+    /// client gives up (or 10 s).
+    StallAfter(usize),
 }
 
 /// A local HTTP server on 127.0.0.1 serving `body` at `/<name>` for `n_conns` connections, then stopping.
@@ -198,6 +186,12 @@ fn handle_conn(mut stream: TcpStream, name: &str, body: &[u8], mode: Mode) -> Op
             }
         }
     }
+    if matches!(mode, Mode::StallBeforeHeaders) {
+        // The read timeout above bounds the wait should the client never close.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+        return range;
+    }
     if path != name {
         let _ = stream
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -230,11 +224,16 @@ fn handle_conn(mut stream: TcpStream, name: &str, body: &[u8], mode: Mode) -> Op
     );
     let _ = stream.write_all(head.as_bytes());
     let n = match mode {
-        Mode::Normal => rest.len(),
-        Mode::DropAfter(n) => n.min(rest.len()),
+        Mode::Normal | Mode::StallBeforeHeaders => rest.len(),
+        Mode::DropAfter(n) | Mode::StallAfter(n) => n.min(rest.len()),
     };
     let _ = stream.write_all(&rest[..n]);
     let _ = stream.flush();
+    if matches!(mode, Mode::StallAfter(_)) {
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+        return range;
+    }
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let mut sink = Vec::new();
     let _ = reader.read_to_end(&mut sink);

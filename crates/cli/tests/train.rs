@@ -33,12 +33,7 @@ pub(crate) fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
 /// The real CIFAR-10 archive in `../shared/data`; `None` (the test skips) when it is absent on a
 /// developer's machine, a failure under CI, which always has it.
 pub(crate) fn cifar10_archive() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
-    let archive = root.join("shared/data/cifar-10-binary.tar.gz");
-    if !archive.is_file() && std::env::var_os("CI").is_some() {
-        panic!("CI is set but {} is absent", archive.display());
-    }
-    archive.is_file().then_some(archive)
+    nin_testkit::shared_data_file("cifar-10-binary.tar.gz")
 }
 
 pub(crate) const SMALL_NIN: &str =

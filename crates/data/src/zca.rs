@@ -230,6 +230,15 @@ impl Zca {
         let mean = get(ZCA_MEAN, &[IMAGE_BYTES])?;
         let matrix = get(ZCA_MATRIX, &[IMAGE_BYTES, IMAGE_BYTES])?;
         let gcn_scale = get(ZCA_GCN_SCALE, &[1])?.first().copied().unwrap_or(55.0);
+        // A damaged transform would turn every input into NaN and every answer into noise.
+        if !(gcn_scale.is_finite() && gcn_scale > 0.0)
+            || mean.iter().chain(&matrix).any(|v| !v.is_finite())
+        {
+            return Err(Error::Whitening {
+                path: path.into(),
+                reason: "holds NaN or infinite values (or a GCN scale that is not > 0)".into(),
+            });
+        }
         Ok(Zca {
             gcn_scale,
             mean,
@@ -273,6 +282,34 @@ impl Zca {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whitening_with_nan_values_is_refused() {
+        let dev = Device::Cpu;
+        let mut mean = vec![0f32; IMAGE_BYTES];
+        mean[7] = f32::NAN;
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            ZCA_MEAN.to_string(),
+            Tensor::from_vec(mean, IMAGE_BYTES, &dev).unwrap(),
+        );
+        tensors.insert(
+            ZCA_MATRIX.to_string(),
+            Tensor::zeros((IMAGE_BYTES, IMAGE_BYTES), DType::F32, &dev).unwrap(),
+        );
+        tensors.insert(
+            ZCA_GCN_SCALE.to_string(),
+            Tensor::from_slice(&[55f32], 1, &dev).unwrap(),
+        );
+        let err = Zca::from_tensors(&tensors, Path::new("w.safetensors"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("w.safetensors") && e.contains("NaN")),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn gcn_gives_zero_mean_and_norm_scale() {

@@ -40,6 +40,16 @@ pub enum Error {
     /// Reading or applying the model's input transform failed.
     #[error(transparent)]
     Data(#[from] nin_data::Error),
+    /// The whitening file a model directory names is missing or damaged.
+    #[error("model directory {}: config.json: pretrained_cfg.whitening names {}, which is not a whitening file", dir.display(), path.display())]
+    Whitening {
+        /// The model directory.
+        dir: PathBuf,
+        /// The whitening file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: nin_data::Error,
+    },
     /// An image could not be read or decoded.
     #[error("{}: {reason}", path.display())]
     Image {

@@ -195,11 +195,10 @@ pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> 
                     cfg.input_size
                 )));
             }
-            let zca = Zca::load(&path).map_err(|e| {
-                bad(format!(
-                    "config.json: pretrained_cfg.whitening names {}, which is not a whitening file: {e}",
-                    path.display()
-                ))
+            let zca = Zca::load(&path).map_err(|source| Error::Whitening {
+                dir: dir.to_path_buf(),
+                path: path.clone(),
+                source,
             })?;
             Preprocess::GcnZca(Arc::new(zca))
         }

@@ -23,9 +23,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use candle_nn::{Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, float_storage, lane_sum, lane_sums, KernelFloat};
+use crate::activation::Activation;
+use crate::cpu::{dispatch_float, lane_sum, lane_sums, slice, KernelFloat};
 use crate::error::{Error, Result};
-use crate::mlpconv::Activation;
 
 /// PyTorch's default batch-norm momentum: `running = (1 − m)·running + m·batch`.
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -188,10 +188,6 @@ impl ModuleT for BatchNorm2d {
     }
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    contiguous(s, l, "batch_norm")
-}
-
 /// `(N, C, H·W)` of a contiguous `[N, C, H, W]` layout.
 fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
@@ -239,11 +235,10 @@ impl CustomOp1 for ChannelMoments {
             [mean, var].concat()
         }
         let d = dims(l)?;
-        let out = match s.dtype() {
-            DType::F32 => run(slice::<f32>(s, l)?, d),
-            DType::F64 => run(slice::<f64>(s, l)?, d),
-            dt => candle_core::bail!("batch_norm: unsupported dtype {dt:?}"),
-        };
+        let out = dispatch_float!(s.dtype(), self.name(), |T| run::<T>(
+            slice(s, l, self.name())?,
+            d
+        ));
         Ok((CpuStorage::F64(out), Shape::from((2, d.1))))
     }
 }
@@ -345,8 +340,10 @@ impl CustomOp3 for NormOp {
             out
         }
         let d = dims(l1)?;
-        let storage = float_storage!(s1.dtype(), self.name(), |T| {
-            run::<T>(self, slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, d)
+        let op = self.name();
+        let storage = dispatch_float!(s1.dtype(), op, |T| {
+            let (x, gamma, beta) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+            T::to_cpu_storage_owned(run::<T>(self, x, gamma, beta, d))
         });
         Ok((storage, l1.shape().clone()))
     }
@@ -509,8 +506,10 @@ impl CustomOp3 for NormGradOp<'_> {
             }
         }
         let d = dims(l1)?;
-        let storage = float_storage!(s1.dtype(), self.name(), |T| {
-            run::<T>(self, (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?), d)
+        let op = self.name();
+        let storage = dispatch_float!(s1.dtype(), op, |T| {
+            let operands = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+            T::to_cpu_storage_owned(run::<T>(self, operands, d))
         });
         Ok((storage, Shape::from(l1.shape().elem_count() + 2 * d.1)))
     }

@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, float_storage, KernelFloat};
+use crate::cpu::{dispatch_float, slice, KernelFloat};
 
 /// Values per rayon task: enough to amortise the task, few enough to split a small map.
 const CHUNK: usize = 1 << 14;
@@ -23,10 +23,6 @@ pub fn elu(xs: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
     } else {
         xs.elu(alpha)
     }
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    contiguous(s, l, "elu")
 }
 
 struct Elu {
@@ -53,8 +49,8 @@ impl CustomOp1 for Elu {
                 });
             out
         }
-        let storage = float_storage!(s.dtype(), self.name(), |T| {
-            run::<T>(slice(s, l)?, self.alpha)
+        let storage = dispatch_float!(s.dtype(), self.name(), |T| {
+            T::to_cpu_storage_owned(run::<T>(slice(s, l, self.name())?, self.alpha))
         });
         Ok((storage, l.shape().clone()))
     }
@@ -101,8 +97,10 @@ impl CustomOp3 for EluGrad {
                 });
             out
         }
-        let storage = float_storage!(s1.dtype(), self.name(), |T| {
-            run::<T>(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.alpha)
+        let op = self.name();
+        let storage = dispatch_float!(s1.dtype(), op, |T| {
+            let (dy, x, y) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+            T::to_cpu_storage_owned(run::<T>(dy, x, y, self.alpha))
         });
         Ok((storage, l1.shape().clone()))
     }

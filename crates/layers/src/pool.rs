@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithD
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-use crate::cpu::contiguous;
+use crate::cpu::{dispatch_float, slice};
 use crate::error::{Error, Result};
 
 /// The reduction a pooling window applies.
@@ -342,21 +342,11 @@ impl CustomOp1 for Pool2dOp {
         let g = Planes::of(&self.cfg, layout.dims())?;
         let dims = layout.dims();
         let shape = Shape::from((dims[0], dims[1], g.oh, g.ow));
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(forward_kernel(
-                &self.cfg,
-                contiguous::<f32>(storage, layout, self.name())?,
-                g,
-                self.argmax.as_ref(),
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(forward_kernel(
-                &self.cfg,
-                contiguous::<f64>(storage, layout, self.name())?,
-                g,
-                self.argmax.as_ref(),
-            )),
-            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
-        };
+        let op = self.name();
+        let out = dispatch_float!(storage.dtype(), op, |T| {
+            let input = slice::<T>(storage, layout, op)?;
+            T::to_cpu_storage_owned(forward_kernel(&self.cfg, input, g, self.argmax.as_ref()))
+        });
         Ok((out, shape))
     }
 
@@ -419,19 +409,11 @@ impl CustomOp1 for MaxPoolScatterOp<'_> {
                 self.argmax.len()
             );
         }
-        let out = match grad {
-            CpuStorage::F32(_) => CpuStorage::F32(run(
-                self.argmax,
-                contiguous::<f32>(grad, layout, self.name())?,
-                &self.in_shape,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(run(
-                self.argmax,
-                contiguous::<f64>(grad, layout, self.name())?,
-                &self.in_shape,
-            )),
-            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
-        };
+        let op = self.name();
+        let out = dispatch_float!(grad.dtype(), op, |T| {
+            let grad = slice::<T>(grad, layout, op)?;
+            T::to_cpu_storage_owned(run(self.argmax, grad, &self.in_shape))
+        });
         Ok((out, self.in_shape.clone()))
     }
 }
@@ -462,31 +444,14 @@ impl CustomOp2 for Pool2dBackwardOp {
                 grad_layout.dims()
             );
         }
-        let needs_input = self.cfg.kind == PoolKind::Max;
-        let out = match (input, grad) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(backward_kernel(
-                &self.cfg,
-                needs_input
-                    .then(|| contiguous::<f32>(input, input_layout, self.name()))
-                    .transpose()?,
-                contiguous::<f32>(grad, grad_layout, self.name())?,
-                g,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(backward_kernel(
-                &self.cfg,
-                needs_input
-                    .then(|| contiguous::<f64>(input, input_layout, self.name()))
-                    .transpose()?,
-                contiguous::<f64>(grad, grad_layout, self.name())?,
-                g,
-            )),
-            (a, b) => candle_core::bail!(
-                "{}: unsupported dtypes {:?} and {:?}",
-                self.name(),
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let (op, needs_input) = (self.name(), self.cfg.kind == PoolKind::Max);
+        let out = dispatch_float!(grad.dtype(), op, |T| {
+            let input = needs_input
+                .then(|| slice::<T>(input, input_layout, op))
+                .transpose()?;
+            let grad = slice::<T>(grad, grad_layout, op)?;
+            T::to_cpu_storage_owned(backward_kernel(&self.cfg, input, grad, g))
+        });
         Ok((out, input_layout.shape().clone()))
     }
 }

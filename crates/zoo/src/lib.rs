@@ -22,5 +22,5 @@ pub use error::{Error, Result};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use registry::{
     create_model, find, resolve_args, with_batch_norm, CreatedModel, Family, FamilyOf, ModelEntry,
-    ModelInfo, ZooModel, MODELS,
+    ModelInfo, MODELS,
 };

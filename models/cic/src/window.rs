@@ -18,7 +18,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use nin_layers::{conv2d, ConvOptions, Error, Result, WeightInit};
+use nin_layers::{conv2d, ConvOptions, ConvSpec, Error, Result, WeightInit};
 
 /// Geometry of one channel-window convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,21 +73,33 @@ impl ChannelWindowConfig {
         [self.out_channels, self.window, self.kernel, self.kernel]
     }
 
+    /// The convolution of `w` input channels whose weight the layer stores, `[out, w, k, k]`
+    /// with bias: its output size, parameters and multiply-accumulates are the layer's own.
+    pub fn compact(&self) -> ConvSpec {
+        ConvSpec {
+            in_channels: self.window,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            bias: true,
+        }
+    }
+
     /// Output side for an input side `size`.
     pub fn output_size(&self, size: usize) -> usize {
-        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+        self.compact().output_size(size)
     }
 
     /// Trainable parameters: `out·w·k² + out`.
     pub fn param_count(&self) -> usize {
-        self.out_channels * self.window * self.kernel * self.kernel + self.out_channels
+        self.compact().param_count()
     }
 
     /// Multiply-accumulates per image of the layer itself (`out·w·k²` per output pixel), for an
     /// `h`×`w` input; the gathered dense convolution that computes it does `in / w` times more.
     pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let pixels = self.output_size(h) * self.output_size(w);
-        (pixels * self.out_channels * self.window * self.kernel * self.kernel) as u64
+        self.compact().macs(h, w)
     }
 }
 
@@ -189,7 +201,7 @@ impl ChannelWindowConv {
         ))
     }
 
-    /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`].
+    /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`] does.
     pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.apply(xs, true)
     }

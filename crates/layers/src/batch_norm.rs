@@ -520,26 +520,44 @@ mod tests {
     use super::*;
     use crate::cpu::max_abs_diff;
     use crate::init::seeded_var_builder;
+    use crate::rng::{seeded_rand, seeded_randn};
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    /// `shape` values uniform in [lo, hi), in f64, from seed `seed`.
+    fn uniform(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {
+        let u = seeded_rand(shape, seed)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        u.affine(hi - lo, lo).unwrap()
+    }
+
+    /// `shape` values from N(mean, std²), in f64, from seed `seed`.
+    fn normal(shape: &[usize], seed: u64, mean: f64, std: f64) -> Tensor {
+        let z = seeded_randn(shape, seed)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        z.affine(std, mean).unwrap()
+    }
 
     /// A norm with γ, β and running statistics away from their defaults, in f64.
     fn norm(channels: usize, momentum: f64) -> (VarMap, BatchNorm2d) {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, 7, DType::F64, &Device::Cpu);
         let bn = batch_norm_2d(channels, momentum, vb).unwrap();
-        let dev = Device::Cpu;
-        let set = |v: &Var, lo: f64, hi: f64| {
-            v.set(&Tensor::rand(lo, hi, channels, &dev).unwrap())
-                .unwrap()
-        };
-        for (name, lo, hi) in [
+        for (seed, (name, lo, hi)) in [
             ("weight", 0.5, 1.5),
             ("bias", -0.5, 0.5),
             ("running_mean", -1.0, 1.0),
             ("running_var", 0.5, 2.0),
-        ] {
-            set(&varmap.data().lock().unwrap()[name], lo, hi);
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let values = uniform(&[channels], seed as u64, lo, hi);
+            varmap.data().lock().unwrap()[name].set(&values).unwrap();
         }
         (varmap, bn)
     }
@@ -593,11 +611,8 @@ mod tests {
         let (varmap, bn) = norm(5, 0.3);
         let cbn = reference(&bn);
         // Shifted and scaled so the statistics are far from 0 and 1.
-        let x = Var::from_tensor(
-            &((Tensor::randn(0f64, 2.0, (3, 5, 4, 6), &Device::Cpu).unwrap() + 3.0).unwrap()),
-        )
-        .unwrap();
-        let loss_weights = Tensor::rand(-1f64, 1.0, x.shape(), &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&normal(&[3, 5, 4, 6], 10, 3.0, 2.0)).unwrap();
+        let loss_weights = uniform(x.dims(), 11, -1.0, 1.0);
         let activations = [
             Activation::Identity,
             Activation::Relu,
@@ -641,7 +656,7 @@ mod tests {
     #[test]
     fn float32_matches_the_float64_op() {
         let (_varmap, bn) = norm(4, BN_MOMENTUM);
-        let x64 = (Tensor::randn(0f64, 3.0, (2, 4, 5, 5), &Device::Cpu).unwrap() + 10.0).unwrap();
+        let x64 = normal(&[2, 4, 5, 5], 12, 10.0, 3.0);
         let y64 = bn.forward_activated(&x64, true, Activation::Relu).unwrap();
         let bn32 = BatchNorm2d {
             weight: bn.weight.to_dtype(DType::F32).unwrap(),
@@ -662,7 +677,7 @@ mod tests {
     #[test]
     fn a_strided_input_is_normalised_like_its_contiguous_copy() {
         let (_varmap, bn) = norm(3, BN_MOMENTUM);
-        let x = Tensor::randn(0f64, 1.0, (2, 5, 4, 3), &Device::Cpu).unwrap();
+        let x = normal(&[2, 5, 4, 3], 13, 0.0, 1.0);
         let strided = x.permute((0, 3, 1, 2)).unwrap();
         assert!(!strided.is_contiguous());
         let a = bn.forward_t(&strided, true).unwrap();

@@ -51,5 +51,5 @@ pub use init::{init_tensor, seeded_var_builder, WeightInit};
 pub use mlpconv::{MlpConv, MlpConvConfig};
 pub use model::{ClassMapModel, ModelConfig, ParamRole, INPUT_SIZE};
 pub use pool::{pool2d, Pool2dConfig, PoolKind};
-pub use rng::{derive_seed, seeded_rng, DropoutRng, SeededRng};
+pub use rng::{derive_seed, seeded_rand, seeded_randn, seeded_rng, DropoutRng, SeededRng};
 pub use skeleton::{nin_defaults, nin_stage_sides, NinSkeleton};

@@ -13,6 +13,7 @@ assert_eq!(created.info.param_count, 966_986);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod model_dir;

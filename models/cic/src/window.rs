@@ -235,7 +235,13 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
-    use nin_layers::seeded_var_builder;
+    use nin_layers::{seeded_randn, seeded_var_builder};
+
+    /// `dims` standard normal values times `std`, in `dtype`, from seed `seed`.
+    fn randn(dims: &[usize], seed: u64, std: f64, dtype: DType) -> Tensor {
+        let z = seeded_randn(dims, seed).unwrap().to_dtype(dtype).unwrap();
+        (z * std).unwrap()
+    }
 
     fn small(window: usize) -> ChannelWindowConfig {
         ChannelWindowConfig {
@@ -296,11 +302,11 @@ mod tests {
         let vb = seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
         let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
         varmap.data().lock().unwrap()["bias"]
-            .set(&Tensor::randn(0f32, 0.5, 5, &Device::Cpu).unwrap())
+            .set(&randn(&[5], 1, 0.5, DType::F32))
             .unwrap();
         let dense = conv.dense_weight().unwrap();
         assert_eq!(dense.dims(), &[5, 7, 3, 3]);
-        let xs = Tensor::randn(0f32, 1.0, (2, 7, 6, 6), &Device::Cpu).unwrap();
+        let xs = randn(&[2, 7, 6, 6], 2, 1.0, DType::F32);
         let got = conv.forward(&xs).unwrap();
         for (j, &s) in cfg.starts().iter().enumerate() {
             let w = conv.weight().narrow(0, j, 1).unwrap();
@@ -348,11 +354,11 @@ mod tests {
         let vb = seeded_var_builder(&varmap, 5, DType::F64, &dev);
         let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
         varmap.data().lock().unwrap()["bias"]
-            .set(&Tensor::randn(0f64, 0.1, 5, &dev).unwrap())
+            .set(&randn(&[5], 3, 0.1, DType::F64))
             .unwrap();
-        let xs = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 7, 5, 5), &dev).unwrap()).unwrap();
+        let xs = Var::from_tensor(&randn(&[2, 7, 5, 5], 4, 1.0, DType::F64)).unwrap();
         let side = cfg.output_size(5);
-        let probe = Tensor::randn(0f64, 1.0, (2, 5, side, side), &dev).unwrap();
+        let probe = randn(&[2, 5, side, side], 5, 1.0, DType::F64);
         // A loss that weighs every output differently and is not linear in it.
         let loss = |conv: &ChannelWindowConv, xs: &Tensor| {
             let ys = conv.forward(xs).unwrap();

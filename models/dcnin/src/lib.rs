@@ -38,6 +38,7 @@ assert_eq!(cfg.param_count(), 310_906);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;

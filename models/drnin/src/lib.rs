@@ -39,6 +39,7 @@ assert_eq!(cfg.param_count(), 896_266);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;

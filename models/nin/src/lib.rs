@@ -30,6 +30,7 @@ assert_eq!(cfg.param_count(), 966_986);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

@@ -47,7 +47,7 @@ pub use dropout::Dropout;
 pub use elu::elu;
 pub use error::{Error, Result};
 pub use gap::global_avg_pool;
-pub use init::{init_tensor, seeded_var_builder, WeightInit};
+pub use init::{seeded_var_builder, WeightInit};
 pub use mlpconv::{MlpConv, MlpConvConfig};
 pub use model::{ClassMapModel, ModelConfig, ParamRole, INPUT_SIZE};
 pub use pool::{pool2d, Pool2dConfig, PoolKind};

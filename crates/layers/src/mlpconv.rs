@@ -182,11 +182,6 @@ impl MlpConv {
             activations: cfg.activations.clone(),
         })
     }
-
-    /// The block's convolutions in order (k×k first).
-    pub fn convs(&self) -> &[Conv2d] {
-        &self.convs
-    }
 }
 
 impl ModuleT for MlpConv {

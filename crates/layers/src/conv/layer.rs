@@ -116,11 +116,6 @@ impl Conv2d {
         })
     }
 
-    /// The `[out, in, k, k]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// `relu(conv(xs) + bias)` in one op: saves the separate bias and ReLU passes and their
     /// backward glue.
     pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {

@@ -6,14 +6,23 @@
 //! padding, ceil mode, `count_include_pad`, the gradient of a max going to the first maximal cell
 //! in row-major order, and overlapping windows accumulating. Forward and backward run one
 //! (image, channel) plane per rayon task; a max pool whose input tracks a gradient records where
-//! each maximum came from (as PyTorch's indices), so its backward is a scatter. Only the CPU is implemented: on other devices the ops
-//! return candle's "no cuda implementation" error rather than a silent fallback.
+//! each maximum came from (as PyTorch's indices), so its backward is a scatter.
+//! Only the CPU is implemented: on other devices the ops return candle's "no cuda implementation"
+//! error rather than a silent fallback.
+//!
+//! This file holds the configuration and the ops; `kernels` the loops over planes they run.
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
+use self::kernels::{backward_kernel, forward_kernel, Planes};
 use crate::cpu::{dispatch_float, slice};
 use crate::error::{Error, Result};
 
@@ -152,180 +161,6 @@ struct Pool2dOp {
     argmax: Option<OnceLock<Vec<u32>>>,
 }
 
-/// Plane geometry shared by forward and backward kernels.
-#[derive(Clone, Copy)]
-struct Planes {
-    n_planes: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl Planes {
-    fn of(cfg: &Pool2dConfig, in_dims: &[usize]) -> candle_core::Result<Self> {
-        let [n, c, h, w] = in_dims else {
-            candle_core::bail!("pool2d: expected a 4-D input, got {in_dims:?}")
-        };
-        let (Some(oh), Some(ow)) = (cfg.output_size(*h), cfg.output_size(*w)) else {
-            candle_core::bail!("pool2d: kernel {} does not fit {h}×{w}", cfg.kernel)
-        };
-        Ok(Self {
-            n_planes: n * c,
-            h: *h,
-            w: *w,
-            oh,
-            ow,
-        })
-    }
-}
-
-/// Row-major index of the first maximal cell of a window; NaN counts as maximal, as in PyTorch.
-#[inline]
-fn argmax_in_window<T: WithDType>(
-    plane: &[T],
-    w: usize,
-    (h0, h1): (usize, usize),
-    (w0, w1): (usize, usize),
-) -> Option<usize> {
-    let mut best: Option<(usize, T)> = None;
-    for y in h0..h1 {
-        for x in w0..w1 {
-            let idx = y * w + x;
-            let v = plane[idx];
-            #[allow(clippy::eq_op)] // v != v is the generic NaN test.
-            let is_nan = v != v;
-            match best {
-                None => best = Some((idx, v)),
-                Some((_, b)) if v > b || is_nan => {
-                    best = Some((idx, v));
-                    if is_nan {
-                        return Some(idx);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    best.map(|(i, _)| i)
-}
-
-fn forward_kernel<T: WithDType>(
-    cfg: &Pool2dConfig,
-    input: &[T],
-    g: Planes,
-    argmax: Option<&OnceLock<Vec<u32>>>,
-) -> Vec<T> {
-    let len = g.n_planes * g.oh * g.ow;
-    let mut out = vec![T::zero(); len];
-    let planes = out
-        .par_chunks_mut(g.oh * g.ow)
-        .zip(input.par_chunks(g.h * g.w));
-    match argmax {
-        Some(cell) => {
-            let mut indices = vec![0u32; len];
-            planes
-                .zip(indices.par_chunks_mut(g.oh * g.ow))
-                .for_each(|((out, plane), idx)| pool_plane(cfg, g, plane, out, Some(idx)));
-            // A forward runs once per op; should candle ever run it twice, the indices agree.
-            let _ = cell.set(indices);
-        }
-        None => planes.for_each(|(out, plane)| pool_plane(cfg, g, plane, out, None)),
-    }
-    out
-}
-
-/// Pools one plane into `out`, recording each maximum's in-plane index into `argmax` if given.
-fn pool_plane<T: WithDType>(
-    cfg: &Pool2dConfig,
-    g: Planes,
-    plane: &[T],
-    out: &mut [T],
-    mut argmax: Option<&mut [u32]>,
-) {
-    for oy in 0..g.oh {
-        let (h0, h1, hspan) = cfg.window(oy, g.h);
-        for ox in 0..g.ow {
-            let (w0, w1, wspan) = cfg.window(ox, g.w);
-            let o = oy * g.ow + ox;
-            out[o] = match cfg.kind {
-                PoolKind::Max => {
-                    let best = argmax_in_window(plane, g.w, (h0, h1), (w0, w1));
-                    if let Some(idx) = argmax.as_deref_mut() {
-                        idx[o] = best.map_or(u32::MAX, |i| i as u32);
-                    }
-                    match best {
-                        Some(i) => plane[i],
-                        None => T::from_f64(f64::NEG_INFINITY),
-                    }
-                }
-                PoolKind::Avg => {
-                    let mut sum = T::zero();
-                    for y in h0..h1 {
-                        for v in &plane[y * g.w + w0..y * g.w + w1] {
-                            sum += *v;
-                        }
-                    }
-                    let divisor = avg_divisor(cfg, (h0, h1, hspan), (w0, w1, wspan));
-                    sum / T::from_f64(divisor as f64)
-                }
-            };
-        }
-    }
-}
-
-fn avg_divisor(
-    cfg: &Pool2dConfig,
-    (h0, h1, hspan): (usize, usize, usize),
-    (w0, w1, wspan): (usize, usize, usize),
-) -> usize {
-    if cfg.count_include_pad {
-        hspan * wspan
-    } else {
-        ((h1 - h0) * (w1 - w0)).max(1)
-    }
-}
-
-fn backward_kernel<T: WithDType>(
-    cfg: &Pool2dConfig,
-    input: Option<&[T]>,
-    grad_out: &[T],
-    g: Planes,
-) -> Vec<T> {
-    let mut grad_in = vec![T::zero(); g.n_planes * g.h * g.w];
-    grad_in
-        .par_chunks_mut(g.h * g.w)
-        .zip(grad_out.par_chunks(g.oh * g.ow))
-        .enumerate()
-        .for_each(|(p, (gin, gout))| {
-            let plane = input.map(|x| &x[p * g.h * g.w..(p + 1) * g.h * g.w]);
-            for oy in 0..g.oh {
-                let (h0, h1, hspan) = cfg.window(oy, g.h);
-                for ox in 0..g.ow {
-                    let (w0, w1, wspan) = cfg.window(ox, g.w);
-                    let go = gout[oy * g.ow + ox];
-                    match (cfg.kind, plane) {
-                        (PoolKind::Max, Some(plane)) => {
-                            if let Some(i) = argmax_in_window(plane, g.w, (h0, h1), (w0, w1)) {
-                                gin[i] += go;
-                            }
-                        }
-                        _ => {
-                            let divisor = avg_divisor(cfg, (h0, h1, hspan), (w0, w1, wspan));
-                            let share = go / T::from_f64(divisor as f64);
-                            for y in h0..h1 {
-                                for cell in &mut gin[y * g.w + w0..y * g.w + w1] {
-                                    *cell += share;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    grad_in
-}
-
 impl CustomOp1 for Pool2dOp {
     fn name(&self) -> &'static str {
         match self.cfg.kind {
@@ -453,106 +288,5 @@ impl CustomOp2 for Pool2dBackwardOp {
             T::to_cpu_storage_owned(backward_kernel(&self.cfg, input, grad, g))
         });
         Ok((out, input_layout.shape().clone()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device, Var};
-
-    fn cfg(
-        kind: PoolKind,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        ceil: bool,
-    ) -> Pool2dConfig {
-        Pool2dConfig {
-            kind,
-            kernel,
-            stride,
-            padding,
-            ceil_mode: ceil,
-            count_include_pad: false,
-        }
-    }
-
-    #[test]
-    fn output_sizes_match_pytorch() {
-        // NIN: 32 → 16 → 8 with ceil mode; floor would give 15 and 7.
-        let nin = Pool2dConfig::nin(PoolKind::Max);
-        assert_eq!(nin.output_size(32), Some(16));
-        assert_eq!(nin.output_size(16), Some(8));
-        assert_eq!(cfg(PoolKind::Max, 3, 2, 0, false).output_size(32), Some(15));
-        // The ceil-mode window that would start in the right padding is dropped.
-        assert_eq!(cfg(PoolKind::Max, 2, 2, 1, true).output_size(4), Some(3));
-        assert_eq!(cfg(PoolKind::Max, 3, 3, 0, true).output_size(2), None);
-    }
-
-    #[test]
-    fn max_gradient_goes_to_the_first_maximal_cell() {
-        let x = Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap())
-            .unwrap();
-        let y = pool2d(x.as_tensor(), &cfg(PoolKind::Max, 2, 2, 0, false)).unwrap();
-        let g = y.sum_all().unwrap().backward().unwrap();
-        let gx = g
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn recorded_maxima_give_the_gradient_a_search_of_every_window_gives() {
-        // Rounded values make ties; a NaN and a padded, ceil-mode geometry test the edges.
-        let mut values: Vec<f32> = (0..2 * 3 * 9 * 7)
-            .map(|i| ((i * 7919 % 23) as f32 / 4.0).round())
-            .collect();
-        values[40] = f32::NAN;
-        let x = Tensor::from_vec(values, (2, 3, 9, 7), &Device::Cpu).unwrap();
-        for c in [
-            cfg(PoolKind::Max, 3, 2, 1, true),
-            Pool2dConfig::nin(PoolKind::Max),
-        ] {
-            let var = Var::from_tensor(&x).unwrap();
-            let y = pool2d(var.as_tensor(), &c).unwrap();
-            let weights = crate::rng::seeded_rand(y.shape(), 1).unwrap();
-            let grads = (&y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let scattered = grads.get(var.as_tensor()).unwrap();
-            let searched = x
-                .apply_op2_no_bwd(&weights, &Pool2dBackwardOp { cfg: c })
-                .unwrap();
-            let (a, b) = (
-                scattered.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                searched.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            assert_eq!(a, b, "{c:?}");
-        }
-    }
-
-    #[test]
-    fn bad_configs_are_refused_with_the_field_named() {
-        let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
-        let err = pool2d(&x, &cfg(PoolKind::Avg, 3, 1, 2, false)).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("`padding` must be at most kernel/2"),
-            "{err}"
-        );
-        let err = pool2d(&x, &cfg(PoolKind::Avg, 3, 0, 0, false)).unwrap_err();
-        assert!(err.to_string().contains("`stride`"), "{err}");
-        let err = pool2d(&x, &cfg(PoolKind::Avg, 5, 1, 0, false)).unwrap_err();
-        assert!(err.to_string().contains("does not fit"), "{err}");
-        let flat = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(pool2d(&flat, &cfg(PoolKind::Avg, 2, 2, 0, false)).is_err());
     }
 }

@@ -208,3 +208,45 @@ fn batches_larger_than_the_pool_split_and_sum_in_order() {
     assert!(max_abs_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < 1e-10);
     assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-10);
 }
+
+/// The shapes the kernels rely on are refused with an error before any of them runs, including
+/// a gradient that does not match the output in the backward ops.
+#[test]
+fn shapes_the_kernels_cannot_take_are_errors() {
+    let opts = ConvOptions {
+        stride: 1,
+        padding: 0,
+        relu: false,
+    };
+    let x = tensor(&[2, 3, 4, 4], 1, DType::F32);
+    let w = tensor(&[5, 3, 3, 3], 2, DType::F32);
+    let too_big = tensor(&[5, 3, 5, 5], 3, DType::F32);
+    let err = conv2d(&x, &too_big, None, opts).unwrap_err().to_string();
+    assert!(err.contains("does not fit 4×4"), "{err}");
+    let wrong_channels = tensor(&[5, 2, 3, 3], 4, DType::F32);
+    assert!(conv2d(&x, &wrong_channels, None, opts).is_err());
+    let no_stride = ConvOptions { stride: 0, ..opts };
+    assert!(conv2d(&x, &w, None, no_stride).is_err());
+    // The output is [2, 5, 2, 2]; a gradient of another shape is refused.
+    let bad_grad = tensor(&[2, 5, 3, 2], 5, DType::F32);
+    let input_grad = GradOp::Input(opts, x.shape().clone());
+    let err = bad_grad
+        .apply_op2_no_bwd(&w, &input_grad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected an output gradient [2, 5, 2, 2]"),
+        "{err}"
+    );
+    let err = x
+        .apply_op2_no_bwd(&bad_grad, &GradOp::Weight(opts, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected an output gradient"), "{err}");
+    let y = tensor(&[2, 5, 2, 2], 6, DType::F32);
+    let err = bad_grad
+        .apply_op2_no_bwd(&y, &ReluMask)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("differ in shape"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! --bench layers`. The numbers behind `docs/performance.md` come from `nin bench`, this suite
 //! says which layer moved.
 #![allow(clippy::unwrap_used)]
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ const NIN_CONVS: &[(&str, usize, usize, usize, usize, usize)] = &[
     ("mlp3b_1x1_192-10_8", 192, 10, 1, 0, 8),
 ];
 
+/// Standard normal values from a fixed seed, so that every run times the same numbers.
 fn randn(dims: &[usize]) -> Tensor {
-    Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap()
+    nin_layers::seeded_randn(dims, 0).unwrap()
 }
 
 fn convolutions(c: &mut Criterion) {

@@ -2,6 +2,7 @@
 //!
 //! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`). The comparative
 //! training sweep (`cargo xtask sweep`) lands with its issue.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -2,150 +2,25 @@
 //! followed by batch norm ([`ConvBn`], post-activation, DrNIN) and batch norm, activation,
 //! then convolution ([`BnActConv`], pre-activation, DcNIN).
 //!
-//! A convolution that batch norm follows has no bias (the norm's mean would cancel it), so these
-//! units carry their own [`ConvLayer`] whose bias is optional; it runs on the GEMM convolution
-//! of [`conv2d`](crate::conv2d). Each constructor takes one `VarBuilder` for the convolution and
-//! one for the norm, so a family names them as its PyTorch module does (`conv1` and `bn1`, or
-//! `conv` and `bn`).
+//! A convolution that batch norm follows has no bias (the norm's mean would cancel it): the
+//! [`ConvSpec`] says so. Each constructor takes one `VarBuilder` for the convolution and one for
+//! the norm, so a family names them as its PyTorch module does (`conv1` and `bn1`, or `conv` and
+//! `bn`).
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::activation::Activation;
 use crate::batch_norm::{batch_norm_2d, BatchNorm2d};
-
-use crate::conv::{conv2d, ConvOptions};
-use crate::error::{Error, Result};
+use crate::conv::{Conv2d, ConvSpec};
+use crate::error::Result;
 use crate::init::WeightInit;
-use crate::mlpconv::Activation;
-
-/// Geometry of a square convolution, and whether it has a bias.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvSpec {
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub out_channels: usize,
-    /// Kernel side.
-    pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub padding: usize,
-    /// Whether the convolution adds a bias.
-    pub bias: bool,
-}
-
-impl ConvSpec {
-    /// A stride-1 convolution without bias that keeps the spatial size (padding `kernel / 2`).
-    pub fn same(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
-        Self {
-            in_channels,
-            out_channels,
-            kernel,
-            stride: 1,
-            padding: kernel / 2,
-            bias: false,
-        }
-    }
-
-    /// The same convolution with a bias.
-    pub fn with_bias(self) -> Self {
-        Self { bias: true, ..self }
-    }
-
-    /// Checks that the convolution can be built.
-    pub fn validate(&self) -> Result<()> {
-        let zero = [
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("kernel", self.kernel),
-            ("stride", self.stride),
-        ];
-        for (field, value) in zero {
-            if value == 0 {
-                return Err(Error::InvalidConfig {
-                    layer: "conv",
-                    field,
-                    problem: "must be at least 1, got 0".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Output side for an input side `size`.
-    pub fn output_size(&self, size: usize) -> usize {
-        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
-    }
-
-    /// Weights and bias of the convolution.
-    pub fn param_count(&self) -> usize {
-        let weights = self.out_channels * self.in_channels * self.kernel * self.kernel;
-        weights + if self.bias { self.out_channels } else { 0 }
-    }
-
-    /// Multiply-accumulates per image for an `h`×`w` input.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let per_pixel = self.out_channels * self.in_channels * self.kernel * self.kernel;
-        (self.output_size(h) * self.output_size(w) * per_pixel) as u64
-    }
-}
-
-/// A convolution whose bias is optional: `weight` `[out, in, k, k]` and, if any, `bias` `[out]`.
-#[derive(Clone, Debug)]
-pub struct ConvLayer {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    padding: usize,
-}
-
-impl ConvLayer {
-    /// Loads or creates the convolution under `vb` (biases start at zero).
-    pub fn new(spec: &ConvSpec, init: WeightInit, vb: VarBuilder) -> Result<Self> {
-        spec.validate()?;
-        let shape = [
-            spec.out_channels,
-            spec.in_channels,
-            spec.kernel,
-            spec.kernel,
-        ];
-        let weight = vb.get_with_hints(&shape, "weight", init.hint(&shape))?;
-        let bias = if spec.bias {
-            Some(vb.get_with_hints(spec.out_channels, "bias", Init::Const(0.0))?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            bias,
-            stride: spec.stride,
-            padding: spec.padding,
-        })
-    }
-
-    /// The `[out, in, k, k]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-}
-
-impl Module for ConvLayer {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let opts = ConvOptions {
-            stride: self.stride,
-            padding: self.padding,
-            relu: false,
-        };
-        conv2d(xs, &self.weight, self.bias.as_ref(), opts)
-    }
-}
 
 /// Convolution then batch norm, no activation (the caller applies it, possibly after a
 /// residual sum).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
-    conv: ConvLayer,
+    conv: Conv2d,
     bn: BatchNorm2d,
 }
 
@@ -160,7 +35,7 @@ impl ConvBn {
         bn_vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            conv: ConvLayer::new(spec, init, conv_vb)?,
+            conv: Conv2d::new(spec, init, conv_vb)?,
             bn: batch_norm_2d(spec.out_channels, bn_momentum, bn_vb)?,
         })
     }
@@ -196,7 +71,7 @@ impl ModuleT for ConvBn {
 pub struct BnActConv {
     bn: BatchNorm2d,
     activation: Activation,
-    conv: ConvLayer,
+    conv: Conv2d,
 }
 
 impl BnActConv {
@@ -213,7 +88,7 @@ impl BnActConv {
         Ok(Self {
             bn: batch_norm_2d(spec.in_channels, bn_momentum, bn_vb)?,
             activation,
-            conv: ConvLayer::new(spec, init, conv_vb)?,
+            conv: Conv2d::new(spec, init, conv_vb)?,
         })
     }
 
@@ -263,7 +138,7 @@ mod tests {
             vb.pp("head.conv"),
         )
         .unwrap();
-        let xs = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &Device::Cpu).unwrap();
+        let xs = crate::rng::seeded_randn((2, 3, 6, 6), 1).unwrap();
         let ys = pre
             .forward_t(&post.forward_t(&xs, true).unwrap(), true)
             .unwrap();
@@ -290,7 +165,7 @@ mod tests {
     #[test]
     fn zero_channels_are_refused() {
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
-        let err = ConvLayer::new(&ConvSpec::same(0, 4, 3), WeightInit::KaimingNormal, vb)
+        let err = Conv2d::new(&ConvSpec::same(0, 4, 3), WeightInit::KaimingNormal, vb)
             .unwrap_err()
             .to_string();
         assert!(err.contains("`in_channels`"), "{err}");

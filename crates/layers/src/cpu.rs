@@ -1,12 +1,14 @@
-//! What the CPU kernels of the custom ops share: reading an operand as a slice, and sums that
-//! vectorise.
+//! What the CPU kernels of the custom ops share: the one dispatch on the float type, reading an
+//! operand as a slice, outputs written without a zero-fill first, and sums that vectorise.
+
+use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, WithDType};
 
 /// The values of `s` under layout `l` as a slice of `T`; `op` names the op in the error when the
 /// layout is not contiguous (every op makes its operands contiguous before it runs).
-pub(crate) fn contiguous<'a, T: WithDType>(
+pub(crate) fn slice<'a, T: WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
     op: &str,
@@ -105,25 +107,52 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Evaluates `$body` with the type `$T` bound to `f32` or `f64`, as `$dtype` says, and wraps the
-/// `Vec<$T>` it gives into the matching `CpuStorage`; other dtypes are an error naming `$op`.
-/// Kernels are written once, generic over the float type; this is their one dispatch.
-macro_rules! float_storage {
+/// Evaluates `$body` with the type `$T` bound to `f32` or `f64`, as `$dtype` says; any other
+/// dtype makes the enclosing function return an error naming `$op`. Kernels are written once,
+/// generic over the float type, and this is their one dispatch.
+macro_rules! dispatch_float {
     ($dtype:expr, $op:expr, |$T:ident| $body:expr) => {
         match $dtype {
             candle_core::DType::F32 => {
                 type $T = f32;
-                candle_core::CpuStorage::F32($body)
+                $body
             }
             candle_core::DType::F64 => {
                 type $T = f64;
-                candle_core::CpuStorage::F64($body)
+                $body
             }
             dt => candle_core::bail!("{}: unsupported dtype {dt:?}", $op),
         }
     };
 }
-pub(crate) use float_storage;
+pub(crate) use dispatch_float;
+
+/// A vector of `len` values that `init` writes, without zero-filling it first: every op output
+/// is written whole by a GEMM or a fill, and a zero-fill would be one more pass over the largest
+/// tensors of a step.
+///
+/// # Safety
+/// `init` must write every one of the `len` values it is given.
+pub(crate) unsafe fn written_by<T: WithDType>(
+    len: usize,
+    init: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    init(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is at least `len`, and the caller vouches that `init` wrote all
+    // `len` values.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `s` as initialised values.
+///
+/// # Safety
+/// Every value of `s` must have been written.
+pub(crate) unsafe fn assume_init<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the caller vouches that all are initialised.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<T>(), s.len()) }
+}
 
 /// The largest absolute difference between two tensors of one shape, in f64.
 #[cfg(test)]

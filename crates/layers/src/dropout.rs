@@ -27,11 +27,6 @@ impl Dropout {
         Ok(Self { p, rng })
     }
 
-    /// The drop probability.
-    pub fn p(&self) -> f64 {
-        self.p
-    }
-
     /// Applies dropout when `train` is true.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if !train || self.p == 0.0 {

@@ -16,23 +16,6 @@ pub fn global_avg_pool(maps: &Tensor) -> Result<Tensor> {
     Ok(maps.mean((2, 3))?)
 }
 
-/// Pooled logits, and the class maps before pooling when asked for.
-#[derive(Clone, Debug)]
-pub struct GapOutput {
-    /// `[N, C]` logits.
-    pub logits: Tensor,
-    /// `[N, C, H, W]` class maps, when requested.
-    pub maps: Option<Tensor>,
-}
-
-/// Global average pooling that also returns the class maps when `keep_maps` is true.
-pub fn global_avg_pool_with_maps(maps: &Tensor, keep_maps: bool) -> Result<GapOutput> {
-    Ok(GapOutput {
-        logits: global_avg_pool(maps)?,
-        maps: keep_maps.then(|| maps.clone()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

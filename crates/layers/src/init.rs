@@ -73,7 +73,7 @@ pub fn seeded_var_builder(
 }
 
 /// Draws values for `hint` on the host, then moves them to `device`.
-pub fn init_tensor(
+fn init_tensor(
     hint: Init,
     shape: &Shape,
     dtype: DType,

@@ -2,39 +2,13 @@
 //! i.e. a small multilayer perceptron slid over every position of the image.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::activation::Activation;
 use crate::batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
-
-use crate::conv::{conv2d, ConvOptions};
+use crate::conv::{Conv2d, ConvSpec};
 use crate::error::{Error, Result};
 use crate::init::WeightInit;
-
-/// The nonlinearity after a convolution (and its batch norm).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
-pub enum Activation {
-    /// max(0, x).
-    Relu,
-    /// x for x > 0, α(eˣ − 1) otherwise.
-    Elu {
-        /// Saturation value for negative inputs.
-        alpha: f64,
-    },
-    /// No nonlinearity.
-    Identity,
-}
-
-impl Activation {
-    /// Applies the activation.
-    pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Relu => xs.relu(),
-            Self::Elu { alpha } => crate::elu::elu(xs, alpha),
-            Self::Identity => Ok(xs.clone()),
-        }
-    }
-}
 
 /// Architecture of one mlpconv block.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -120,95 +94,55 @@ impl MlpConvConfig {
         self.widths.last().copied().unwrap_or(self.in_channels)
     }
 
+    /// The block's convolutions in order, each with a bias: the k×k one, then the 1×1 ones.
+    pub fn convs(&self) -> Vec<ConvSpec> {
+        let mut c_in = self.in_channels;
+        let mut convs = Vec::with_capacity(self.widths.len());
+        for (i, &c_out) in self.widths.iter().enumerate() {
+            let (kernel, stride, padding) = if i == 0 {
+                (self.kernel, self.stride, self.padding)
+            } else {
+                (1, 1, 0)
+            };
+            convs.push(ConvSpec {
+                in_channels: c_in,
+                out_channels: c_out,
+                kernel,
+                stride,
+                padding,
+                bias: true,
+            });
+            c_in = c_out;
+        }
+        convs
+    }
+
     /// Output side for an input side `size`.
     pub fn output_size(&self, size: usize) -> usize {
-        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+        self.convs().iter().fold(size, |s, c| c.output_size(s))
     }
 
     /// Multiply-accumulates per image for an `h`×`w` input.
     pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let (oh, ow) = (self.output_size(h), self.output_size(w));
-        let mut c_in = self.in_channels;
-        let mut macs = 0u64;
-        for (i, &c_out) in self.widths.iter().enumerate() {
-            let k = if i == 0 { self.kernel } else { 1 };
-            macs += (oh * ow * c_out * c_in * k * k) as u64;
-            c_in = c_out;
+        let (mut h, mut w) = (h, w);
+        let mut macs = 0;
+        for conv in self.convs() {
+            macs += conv.macs(h, w);
+            (h, w) = (conv.output_size(h), conv.output_size(w));
         }
         macs
     }
 
     /// Trainable parameters (weights, biases, batch-norm scale and shift).
     pub fn param_count(&self) -> usize {
-        let mut c_in = self.in_channels;
-        let mut n = 0;
-        for (i, &c_out) in self.widths.iter().enumerate() {
-            let k = if i == 0 { self.kernel } else { 1 };
-            n += c_out * c_in * k * k + c_out;
+        let norm = |c: &ConvSpec| {
             if self.batch_norm {
-                n += 2 * c_out;
+                2 * c.out_channels
+            } else {
+                0
             }
-            c_in = c_out;
-        }
-        n
-    }
-}
-
-/// A convolution with bias, as candle's `Conv2d` but built from our initialisation hints.
-#[derive(Clone, Debug)]
-pub struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
-}
-
-impl Conv2d {
-    /// Loads or creates `weight` `[out, in, k, k]` and `bias` `[out]` under `vb`.
-    pub fn new(
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        init: WeightInit,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
-        let shape = [out_channels, in_channels, kernel, kernel];
-        let weight = vb.get_with_hints(&shape, "weight", init.hint(&shape))?;
-        let bias = vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?;
-        Ok(Self {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
-    }
-
-    /// The `[out, in, k, k]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    /// `relu(conv(xs) + bias)` in one op: saves the separate bias and ReLU passes and their
-    /// backward glue.
-    pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(xs, true)
-    }
-
-    fn apply(&self, xs: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
-        let opts = ConvOptions {
-            stride: self.stride,
-            padding: self.padding,
-            relu,
         };
-        conv2d(xs, &self.weight, Some(&self.bias), opts)
-    }
-}
-
-impl Module for Conv2d {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(xs, false)
+        self.convs().iter().map(|c| c.param_count() + norm(c)).sum()
     }
 }
 
@@ -227,37 +161,26 @@ impl MlpConv {
         cfg.validate()?;
         let mut convs = Vec::with_capacity(cfg.widths.len());
         let mut norms = Vec::new();
-        let mut c_in = cfg.in_channels;
-        for (i, &c_out) in cfg.widths.iter().enumerate() {
-            let conv = if i == 0 {
-                Conv2d::new(
-                    c_in,
-                    c_out,
-                    cfg.kernel,
-                    cfg.stride,
-                    cfg.padding,
-                    cfg.init,
-                    vb.pp("conv"),
-                )?
+        for (i, spec) in cfg.convs().iter().enumerate() {
+            let conv_vb = if i == 0 {
+                vb.pp("conv")
             } else {
-                Conv2d::new(c_in, c_out, 1, 1, 0, cfg.init, vb.pp("mlp").pp(i - 1))?
+                vb.pp("mlp").pp(i - 1)
             };
-            convs.push(conv);
+            convs.push(Conv2d::new(spec, cfg.init, conv_vb)?);
             if cfg.batch_norm {
-                norms.push(batch_norm_2d(c_out, BN_MOMENTUM, vb.pp("bn").pp(i))?);
+                norms.push(batch_norm_2d(
+                    spec.out_channels,
+                    BN_MOMENTUM,
+                    vb.pp("bn").pp(i),
+                )?);
             }
-            c_in = c_out;
         }
         Ok(Self {
             convs,
             norms,
             activations: cfg.activations.clone(),
         })
-    }
-
-    /// The block's convolutions in order (k×k first).
-    pub fn convs(&self) -> &[Conv2d] {
-        &self.convs
     }
 }
 
@@ -352,7 +275,7 @@ mod tests {
             seeded_var_builder(&varmap, 9, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let xs = Tensor::randn(0f32, 1.0, (2, 2, 6, 6), &Device::Cpu).unwrap();
+        let xs = crate::rng::seeded_randn((2, 2, 6, 6), 1).unwrap();
         let min = block
             .forward_t(&xs, false)
             .unwrap()

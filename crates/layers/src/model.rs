@@ -1,15 +1,25 @@
 //! The contract every model of the zoo keeps, so the trainer, the CLI and the hub code can
-//! drive any family without knowing which one it is.
+//! drive any family without knowing which one it is, and the contract of every family's
+//! configuration, so the zoo can build any family from its JSON arguments.
 
 use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
+use crate::error::Result;
+use crate::gap::global_avg_pool;
 use crate::rng::DropoutRng;
+
+/// Side of the square images every model of the zoo is built for, and counts its
+/// multiply-accumulates on.
+pub const INPUT_SIZE: usize = 32;
 
 /// A classifier that ends in one map per class followed by global average pooling.
 pub trait ClassMapModel: Send + Sync {
-    /// Logits `[N, C]` for inputs `[N, 3, H, W]`; dropout and batch-norm statistics act only
-    /// when `train` is true.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+    /// Logits `[N, C]` for inputs `[N, 3, H, W]`: the class maps' means. Dropout and batch-norm
+    /// statistics act only when `train` is true.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
+    }
 
     /// The class maps `[N, C, h, w]` just before global average pooling.
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor>;
@@ -25,6 +35,22 @@ pub trait ClassMapModel: Send + Sync {
     fn dropout_rng(&self) -> &DropoutRng;
 
     /// Multiply-accumulates of one forward pass for one image.
+    fn macs_per_image(&self) -> u64;
+}
+
+/// A family's serde configuration: what the zoo needs to build the family from JSON and report
+/// its size without knowing which family it is.
+pub trait ModelConfig: serde::Serialize + serde::de::DeserializeOwned + 'static {
+    /// The model the configuration describes.
+    type Model: ClassMapModel + 'static;
+
+    /// Builds (or loads, depending on `vb`) the model.
+    fn build(&self, vb: VarBuilder) -> Result<Self::Model>;
+
+    /// Trainable parameters: convolution weights and biases, batch-norm scales and shifts.
+    fn param_count(&self) -> usize;
+
+    /// Multiply-accumulates of the convolutions for one [`INPUT_SIZE`]×[`INPUT_SIZE`] image.
     fn macs_per_image(&self) -> u64;
 }
 

@@ -1,12 +1,15 @@
 //! Seeded random numbers for everything random in a run.
 //!
 //! candle's CPU generator cannot be seeded (`set_seed` errors), so init, dropout and
-//! augmentation all draw from ChaCha streams derived from one run seed.
+//! augmentation all draw from ChaCha streams derived from one run seed, and so do the random
+//! tensors of tests and benchmarks ([`seeded_randn`], [`seeded_rand`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rand::{RngCore, SeedableRng};
+use candle_core::{Device, Shape, Tensor};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 
 /// Mixes a seed with a stream label into an independent seed (splitmix64 finaliser).
 ///
@@ -25,6 +28,27 @@ pub type SeededRng = ChaCha8Rng;
 /// Creates the generator for `seed`.
 pub fn seeded_rng(seed: u64) -> SeededRng {
     ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A CPU f32 tensor of standard normal values drawn from a generator seeded with `seed`: what
+/// tests and benchmarks use instead of candle's unseedable `Tensor::randn`, so that a failure
+/// repeats.
+pub fn seeded_randn(shape: impl Into<Shape>, seed: u64) -> candle_core::Result<Tensor> {
+    let shape = shape.into();
+    let mut rng = seeded_rng(seed);
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// A CPU f32 tensor of values uniform in [0, 1) drawn from a generator seeded with `seed`, as
+/// [`seeded_randn`] for candle's `Tensor::rand`.
+pub fn seeded_rand(shape: impl Into<Shape>, seed: u64) -> candle_core::Result<Tensor> {
+    let shape = shape.into();
+    let mut rng = seeded_rng(seed);
+    let values: Vec<f32> = (0..shape.elem_count()).map(|_| rng.random()).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
 /// A shared, re-seedable generator for the dropout layers of one model.

@@ -1,15 +1,68 @@
 //! The NIN skeleton that NIN and CiC share: three blocks, a max pool after the first and a
 //! max or average pool after the second (3×3, stride 2, ceil mode), dropout after each pool, and
 //! the third block's output as the class maps. A family supplies the blocks (plain mlpconv, or
-//! CiC's channel-window ones); the wiring is written once here.
+//! CiC's channel-window ones); the wiring is written once here, and so are the defaults of the
+//! authors' model that both families' configurations start from ([`nin_defaults`]).
 
 use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::dropout::Dropout;
 use crate::error::Result;
+use crate::model::INPUT_SIZE;
 use crate::pool::{pool2d, Pool2dConfig, PoolKind};
 use crate::rng::DropoutRng;
+
+/// The values of the authors' CIFAR model (Caffe model zoo) for the knobs every NIN-shaped
+/// family has: the serde defaults and preset values of NIN's and CiC's configurations.
+pub mod nin_defaults {
+    use crate::init::WeightInit;
+    use crate::pool::PoolKind;
+
+    /// Input channels: RGB.
+    pub fn in_channels() -> usize {
+        3
+    }
+
+    /// Widths of mlpconv1: 5×5 convolution, then two 1×1 layers.
+    pub fn mlpconv1() -> [usize; 3] {
+        [192, 160, 96]
+    }
+
+    /// Widths of mlpconv2: 5×5 convolution, then two 1×1 layers.
+    pub fn mlpconv2() -> [usize; 3] {
+        [192, 192, 192]
+    }
+
+    /// Widths of mlpconv3's 3×3 convolution and first 1×1 layer (the class layer follows).
+    pub fn mlpconv3() -> [usize; 2] {
+        [192, 192]
+    }
+
+    /// The second pooling: average in the Caffe model.
+    pub fn pool2() -> PoolKind {
+        PoolKind::Avg
+    }
+
+    /// Dropout probability after each of the first two pools.
+    pub fn dropout() -> f64 {
+        0.5
+    }
+
+    /// N(0, 0.05²) convolution weights.
+    pub fn init() -> WeightInit {
+        WeightInit::Normal { std: 0.05 }
+    }
+}
+
+/// Sides of the three blocks' inputs for an [`INPUT_SIZE`] image: 32, then 16 and 8 after each
+/// 3×3 stride-2 ceil-mode pool.
+pub fn nin_stage_sides() -> [usize; 3] {
+    let pool = Pool2dConfig::nin(PoolKind::Max);
+    let s2 = pool.output_size(INPUT_SIZE).unwrap_or(1);
+    let s3 = pool.output_size(s2).unwrap_or(1);
+    [INPUT_SIZE, s2, s3]
+}
 
 /// The blocks `mlpconv1..3` of a NIN-shaped model, with its pools and dropout.
 #[derive(Clone, Debug)]

@@ -5,6 +5,7 @@
 //! [`shared_data_file`], which skips on a developer's machine without it and fails under CI.
 // Test support fails loudly on purpose: a panic here is a failed test.
 #![allow(clippy::unwrap_used)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use nin_layers::{seeded_var_builder, ClassMapModel};
+use nin_layers::{seeded_randn, seeded_var_builder, ClassMapModel};
 use serde::de::DeserializeOwned;
 
 const RECORD: usize = 3073;
@@ -116,7 +117,7 @@ pub fn cifar10_head(n: usize) -> Option<(Tensor, Tensor, Vec<u32>)> {
 /// # Panics
 /// When the model breaks the contract: this is for tests.
 pub fn check_class_map_contract(build: impl Fn(usize) -> Box<dyn ClassMapModel>) {
-    let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let xs = seeded_randn((2, 3, 32, 32), 0).unwrap();
     for num_classes in [10, 100] {
         let model = build(num_classes);
         assert_eq!(model.num_classes(), num_classes);
@@ -157,7 +158,10 @@ pub fn check_batch_norm_moves_only_in_training(
     varmap: &VarMap,
     n_buffers: usize,
 ) {
-    let xs = Tensor::randn(0.5f32, 2.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+    let xs = seeded_randn((4, 3, 32, 32), 1)
+        .unwrap()
+        .affine(2.0, 0.5)
+        .unwrap();
     let before = running_stats(varmap);
     assert_eq!(before.len(), n_buffers);
     model.forward_t(&xs, false).unwrap();
@@ -178,7 +182,7 @@ pub fn check_batch_norm_moves_only_in_training(
 /// # Panics
 /// When it does not: this is for tests.
 pub fn check_dropout_only_in_training(model: &dyn ClassMapModel) {
-    let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let xs = seeded_randn((2, 3, 32, 32), 2).unwrap();
     let logits = |train| {
         model
             .forward_t(&xs, train)

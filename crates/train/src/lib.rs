@@ -34,6 +34,7 @@ assert_eq!(sched.lr(5, 0), recipe.lr); // warm-up done
 thread count and machine give bit-identical losses and weights, across interruptions too.
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod checkpoint;
 mod error;

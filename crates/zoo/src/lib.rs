@@ -15,6 +15,7 @@ assert_eq!(created.info.param_count, 966_986);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod bounds;
 mod error;
@@ -31,5 +32,5 @@ pub use inference::{preprocess_of, Classifier, Predictions};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use registry::{
     create_model, find, resolve_args, with_batch_norm, CreatedModel, Family, FamilyOf, ModelEntry,
-    ModelInfo, ZooModel, MODELS,
+    ModelInfo, MODELS,
 };

@@ -4,77 +4,11 @@ use std::marker::PhantomData;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use nin_layers::ClassMapModel;
-use serde::de::DeserializeOwned;
+use nin_layers::{ClassMapModel, ModelConfig};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-
-/// What the zoo needs of a model family (implemented here, so family crates stay free of the
-/// registry).
-pub trait ZooModel: ClassMapModel + Sized + 'static {
-    /// The family's serde configuration.
-    type Config: Serialize + DeserializeOwned;
-    /// Builds the model under `vb`.
-    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self>;
-    /// Trainable parameters.
-    fn param_count(cfg: &Self::Config) -> usize;
-    /// Multiply-accumulates per 32×32 image.
-    fn config_macs(cfg: &Self::Config) -> u64;
-}
-
-impl ZooModel for nin_model_nin::Nin {
-    type Config = nin_model_nin::Config;
-    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self::new(cfg, vb)?)
-    }
-    fn param_count(cfg: &Self::Config) -> usize {
-        cfg.param_count()
-    }
-    fn config_macs(cfg: &Self::Config) -> u64 {
-        cfg.macs_per_image()
-    }
-}
-
-impl ZooModel for nin_model_drnin::DrNin {
-    type Config = nin_model_drnin::Config;
-    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self::new(cfg, vb)?)
-    }
-    fn param_count(cfg: &Self::Config) -> usize {
-        cfg.param_count()
-    }
-    fn config_macs(cfg: &Self::Config) -> u64 {
-        cfg.macs_per_image()
-    }
-}
-
-impl ZooModel for nin_model_dcnin::DcNin {
-    type Config = nin_model_dcnin::Config;
-    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self::new(cfg, vb)?)
-    }
-    fn param_count(cfg: &Self::Config) -> usize {
-        cfg.param_count()
-    }
-    fn config_macs(cfg: &Self::Config) -> u64 {
-        cfg.macs_per_image()
-    }
-}
-
-impl ZooModel for nin_model_cic::Cic {
-    type Config = nin_model_cic::Config;
-    fn build(cfg: &Self::Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self::new(cfg, vb)?)
-    }
-    fn param_count(cfg: &Self::Config) -> usize {
-        cfg.param_count()
-    }
-    fn config_macs(cfg: &Self::Config) -> u64 {
-        cfg.macs_per_image()
-    }
-}
 
 /// Object-safe face of a family, for the static table.
 pub trait Family: Sync {
@@ -84,39 +18,39 @@ pub trait Family: Sync {
     fn info(&self, model: &str, args: &Value) -> Result<ModelInfo>;
 }
 
-/// The [`Family`] of model type `M`.
-pub struct FamilyOf<M>(PhantomData<fn() -> M>);
+/// The [`Family`] whose configuration type is `C` (e.g. `nin_model_nin::Config`).
+pub struct FamilyOf<C>(PhantomData<fn() -> C>);
 
-impl<M> FamilyOf<M> {
-    /// The family of `M`.
+impl<C> FamilyOf<C> {
+    /// The family configured by `C`.
     pub const fn new() -> Self {
         Self(PhantomData)
     }
 }
 
-impl<M> Default for FamilyOf<M> {
+impl<C> Default for FamilyOf<C> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-fn parse<M: ZooModel>(model: &str, args: &Value) -> Result<M::Config> {
+fn parse<C: ModelConfig>(model: &str, args: &Value) -> Result<C> {
     serde_json::from_value(args.clone()).map_err(|e| Error::BadArgs {
         model: model.to_string(),
         reason: e.to_string(),
     })
 }
 
-impl<M: ZooModel> Family for FamilyOf<M> {
+impl<C: ModelConfig> Family for FamilyOf<C> {
     fn build(&self, model: &str, args: &Value, vb: VarBuilder) -> Result<Box<dyn ClassMapModel>> {
-        Ok(Box::new(M::build(&parse::<M>(model, args)?, vb)?))
+        Ok(Box::new(parse::<C>(model, args)?.build(vb)?))
     }
 
     fn info(&self, model: &str, args: &Value) -> Result<ModelInfo> {
-        let cfg = parse::<M>(model, args)?;
+        let cfg = parse::<C>(model, args)?;
         Ok(ModelInfo {
-            param_count: M::param_count(&cfg),
-            macs_per_image: M::config_macs(&cfg),
+            param_count: cfg.param_count(),
+            macs_per_image: cfg.macs_per_image(),
         })
     }
 }
@@ -149,10 +83,10 @@ fn json<T: Serialize>(value: T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-static NIN: FamilyOf<nin_model_nin::Nin> = FamilyOf::new();
-static DRNIN: FamilyOf<nin_model_drnin::DrNin> = FamilyOf::new();
-static DCNIN: FamilyOf<nin_model_dcnin::DcNin> = FamilyOf::new();
-static CIC: FamilyOf<nin_model_cic::Cic> = FamilyOf::new();
+static NIN: FamilyOf<nin_model_nin::Config> = FamilyOf::new();
+static DRNIN: FamilyOf<nin_model_drnin::Config> = FamilyOf::new();
+static DCNIN: FamilyOf<nin_model_dcnin::Config> = FamilyOf::new();
+static CIC: FamilyOf<nin_model_cic::Config> = FamilyOf::new();
 
 /// Every preset, in the order `nin list` shows them.
 pub static MODELS: &[ModelEntry] = &[

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::VarMap;
-use nin_layers::{conv2d, seeded_var_builder, ConvOptions, WeightInit};
+use nin_layers::{conv2d, seeded_randn, seeded_var_builder, ConvOptions, WeightInit};
 use nin_model_cic::{ChannelWindowConfig, ChannelWindowConv};
 
 const BATCH: usize = 32;
@@ -54,10 +54,8 @@ fn main() {
     for side in [16, 8] {
         for k in [1, 3, 5] {
             let pad = k / 2;
-            let xs = Var::from_tensor(
-                &Tensor::randn(0f32, 1.0, (BATCH, CHANNELS, side, side), &dev).unwrap(),
-            )
-            .unwrap();
+            let xs =
+                Var::from_tensor(&seeded_randn((BATCH, CHANNELS, side, side), 0).unwrap()).unwrap();
             let varmap = VarMap::new();
             let vb = seeded_var_builder(&varmap, 0, DType::F32, &dev);
             let shape = [CHANNELS, CHANNELS, k, k];

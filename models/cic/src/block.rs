@@ -4,7 +4,8 @@
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use nin_layers::{
-    batch_norm_2d, Activation, BatchNorm2d, Conv2d, Error, MlpConvConfig, Result, BN_MOMENTUM,
+    batch_norm_2d, Activation, BatchNorm2d, Conv2d, ConvSpec, Error, MlpConvConfig, Result,
+    BN_MOMENTUM,
 };
 
 use crate::window::{ChannelWindowConfig, ChannelWindowConv};
@@ -23,49 +24,67 @@ pub struct CicBlockConfig {
 /// One convolution of a block, as built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
-    /// Dense `[out, in, k, k]` convolution.
-    Dense {
-        /// Input channels.
-        in_channels: usize,
-        /// Output channels.
-        out_channels: usize,
-        /// Kernel side.
-        kernel: usize,
-    },
+    /// Dense `[out, in, k, k]` convolution with bias.
+    Dense(ConvSpec),
     /// Channel-window convolution.
     Window(ChannelWindowConfig),
+}
+
+impl LayerKind {
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        match self {
+            Self::Dense(spec) => spec.out_channels,
+            Self::Window(cfg) => cfg.out_channels,
+        }
+    }
+
+    /// Output side for an input side `size`.
+    pub fn output_size(&self, size: usize) -> usize {
+        match self {
+            Self::Dense(spec) => spec.output_size(size),
+            Self::Window(cfg) => cfg.output_size(size),
+        }
+    }
+
+    /// Weights and bias.
+    pub fn param_count(&self) -> usize {
+        match self {
+            Self::Dense(spec) => spec.param_count(),
+            Self::Window(cfg) => cfg.param_count(),
+        }
+    }
+
+    /// Multiply-accumulates per image for an `h`×`w` input, counting only the connections
+    /// that exist (`w` input channels per output channel in a channel-window layer).
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        match self {
+            Self::Dense(spec) => spec.macs(h, w),
+            Self::Window(cfg) => cfg.macs(h, w),
+        }
+    }
 }
 
 impl CicBlockConfig {
     /// The block's convolutions in order, k×k first.
     pub fn layers(&self) -> Vec<LayerKind> {
-        let m = &self.mlpconv;
-        let mut c_in = m.in_channels;
-        let mut layers = Vec::with_capacity(m.widths.len());
-        for (i, &c_out) in m.widths.iter().enumerate() {
-            let (kernel, stride, padding) = if i == 0 {
-                (m.kernel, m.stride, m.padding)
-            } else {
-                (1, 1, 0)
-            };
-            layers.push(match self.windows.get(i).copied().flatten() {
+        let windows = self.windows.iter().copied().chain(std::iter::repeat(None));
+        self.mlpconv
+            .convs()
+            .into_iter()
+            .zip(windows)
+            .map(|(spec, window)| match window {
                 Some(window) => LayerKind::Window(ChannelWindowConfig {
-                    in_channels: c_in,
-                    out_channels: c_out,
+                    in_channels: spec.in_channels,
+                    out_channels: spec.out_channels,
                     window,
-                    kernel,
-                    stride,
-                    padding,
+                    kernel: spec.kernel,
+                    stride: spec.stride,
+                    padding: spec.padding,
                 }),
-                None => LayerKind::Dense {
-                    in_channels: c_in,
-                    out_channels: c_out,
-                    kernel,
-                },
-            });
-            c_in = c_out;
-        }
-        layers
+                None => LayerKind::Dense(spec),
+            })
+            .collect()
     }
 
     /// Checks that the block can be built.
@@ -93,39 +112,23 @@ impl CicBlockConfig {
     /// Trainable parameters (weights, biases, batch-norm scale and shift).
     pub fn param_count(&self) -> usize {
         let norm = |c: usize| if self.mlpconv.batch_norm { 2 * c } else { 0 };
-        self.layers()
+        let layers = self.layers();
+        layers
             .iter()
-            .map(|layer| match *layer {
-                LayerKind::Dense {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                } => {
-                    out_channels * in_channels * kernel * kernel + out_channels + norm(out_channels)
-                }
-                LayerKind::Window(cfg) => cfg.param_count() + norm(cfg.out_channels),
-            })
+            .map(|l| l.param_count() + norm(l.out_channels()))
             .sum()
     }
 
     /// Multiply-accumulates per image for an `h`×`w` input, counting only the connections
     /// that exist (`w` input channels per output channel in a channel-window layer).
     pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let m = &self.mlpconv;
-        let pixels = (m.output_size(h) * m.output_size(w)) as u64;
-        self.layers()
-            .iter()
-            .map(|layer| match *layer {
-                LayerKind::Dense {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                } => pixels * (out_channels * in_channels * kernel * kernel) as u64,
-                LayerKind::Window(cfg) => {
-                    pixels * (cfg.out_channels * cfg.window * cfg.kernel * cfg.kernel) as u64
-                }
-            })
-            .sum()
+        let (mut h, mut w) = (h, w);
+        let mut macs = 0;
+        for layer in self.layers() {
+            macs += layer.macs(h, w);
+            (h, w) = (layer.output_size(h), layer.output_size(w));
+        }
+        macs
     }
 }
 
@@ -177,35 +180,15 @@ impl CicBlock {
             } else {
                 vb.pp("mlp").pp(i - 1)
             };
-            let (conv, c_out) = match layer {
-                LayerKind::Dense {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                } => {
-                    let (stride, padding) = if i == 0 {
-                        (m.stride, m.padding)
-                    } else {
-                        (1, 0)
-                    };
-                    let conv = Conv2d::new(
-                        in_channels,
-                        out_channels,
-                        kernel,
-                        stride,
-                        padding,
-                        m.init,
-                        vb_conv,
-                    )?;
-                    (BlockConv::Dense(conv), out_channels)
+            let conv = match layer {
+                LayerKind::Dense(spec) => BlockConv::Dense(Conv2d::new(&spec, m.init, vb_conv)?),
+                LayerKind::Window(wcfg) => {
+                    BlockConv::Window(ChannelWindowConv::new(wcfg, m.init, vb_conv)?)
                 }
-                LayerKind::Window(wcfg) => (
-                    BlockConv::Window(ChannelWindowConv::new(wcfg, m.init, vb_conv)?),
-                    wcfg.out_channels,
-                ),
             };
             convs.push(conv);
             if m.batch_norm {
+                let c_out = layer.out_channels();
                 norms.push(batch_norm_2d(c_out, BN_MOMENTUM, vb.pp("bn").pp(i))?);
             }
         }

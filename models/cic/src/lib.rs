@@ -23,7 +23,7 @@ channel-window layer stores its weight compactly, `[out, w, k, k]`, e.g.
 
 ```
 use candle_core::{DType, Device, Tensor};
-use nin_layers::ClassMapModel;
+use nin_layers::{ClassMapModel, ModelConfig};
 use nin_model_cic::{Cic, Config};
 
 let cfg = Config::cic_1d(10);
@@ -36,6 +36,7 @@ assert_eq!(cfg.param_count(), 850_250);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod block;
 mod window;
@@ -43,8 +44,8 @@ mod window;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, Activation, ClassMapModel, DropoutRng, MlpConvConfig, NinSkeleton,
-    Pool2dConfig, PoolKind, WeightInit,
+    nin_defaults, nin_stage_sides, Activation, ClassMapModel, DropoutRng, MlpConvConfig,
+    ModelConfig, NinSkeleton, PoolKind, WeightInit,
 };
 
 pub use block::{CicBlock, CicBlockConfig, LayerKind};
@@ -57,16 +58,16 @@ pub struct Config {
     /// Number of classes `C` (maps of the last layer).
     pub num_classes: usize,
     /// Input channels (3 for RGB).
-    #[serde(default = "default_in_channels")]
+    #[serde(default = "nin_defaults::in_channels")]
     pub in_channels: usize,
     /// Widths of mlpconv1: 5×5 convolution, then two 1×1 layers.
-    #[serde(default = "default_widths1")]
+    #[serde(default = "nin_defaults::mlpconv1")]
     pub mlpconv1: [usize; 3],
     /// Widths of mlpconv2: 5×5 convolution, then two 1×1 layers.
-    #[serde(default = "default_widths2")]
+    #[serde(default = "nin_defaults::mlpconv2")]
     pub mlpconv2: [usize; 3],
     /// Widths of mlpconv3's 3×3 convolution and first 1×1 layer (the class layer follows).
-    #[serde(default = "default_widths3")]
+    #[serde(default = "nin_defaults::mlpconv3")]
     pub mlpconv3: [usize; 2],
     /// Input channels each output channel of a channel-window layer reads.
     #[serde(default = "default_window")]
@@ -75,17 +76,17 @@ pub struct Config {
     #[serde(default = "default_sparsity")]
     pub sparsity: Sparsity,
     /// The second pooling: average as in NIN's Caffe model, or max.
-    #[serde(default = "default_pool2")]
+    #[serde(default = "nin_defaults::pool2")]
     pub pool2: PoolKind,
     /// Dropout probability after each of the first two pools.
-    #[serde(default = "default_dropout")]
+    #[serde(default = "nin_defaults::dropout")]
     pub dropout: f64,
     /// Batch norm after every convolution, before its ReLU.
     #[serde(default)]
     pub batch_norm: bool,
     /// Initialisation of the convolution weights. Fan-in schemes see a channel-window layer's
     /// compact shape; a fixed-std `normal` is scaled by `√(in/w)` on those layers.
-    #[serde(default = "default_init")]
+    #[serde(default = "nin_defaults::init")]
     pub init: WeightInit,
 }
 
@@ -100,52 +101,28 @@ pub enum Sparsity {
     ChannelSpatial,
 }
 
-fn default_in_channels() -> usize {
-    3
-}
-fn default_widths1() -> [usize; 3] {
-    [192, 160, 96]
-}
-fn default_widths2() -> [usize; 3] {
-    [192, 192, 192]
-}
-fn default_widths3() -> [usize; 2] {
-    [192, 192]
-}
 fn default_window() -> usize {
     48
 }
 fn default_sparsity() -> Sparsity {
     Sparsity::Channel
 }
-fn default_pool2() -> PoolKind {
-    PoolKind::Avg
-}
-fn default_dropout() -> f64 {
-    0.5
-}
-fn default_init() -> WeightInit {
-    WeightInit::Normal { std: 0.05 }
-}
-
-/// Input side the model is built for.
-pub const INPUT_SIZE: usize = 32;
 
 impl Config {
     /// The NIN skeleton with channel-window 1×1 layers (w = 48), the class layer excepted.
     pub fn cic_1d(num_classes: usize) -> Self {
         Self {
             num_classes,
-            in_channels: default_in_channels(),
-            mlpconv1: default_widths1(),
-            mlpconv2: default_widths2(),
-            mlpconv3: default_widths3(),
+            in_channels: nin_defaults::in_channels(),
+            mlpconv1: nin_defaults::mlpconv1(),
+            mlpconv2: nin_defaults::mlpconv2(),
+            mlpconv3: nin_defaults::mlpconv3(),
             window: default_window(),
             sparsity: Sparsity::Channel,
-            pool2: default_pool2(),
-            dropout: default_dropout(),
+            pool2: nin_defaults::pool2(),
+            dropout: nin_defaults::dropout(),
             batch_norm: false,
-            init: default_init(),
+            init: nin_defaults::init(),
         }
     }
 
@@ -193,22 +170,6 @@ impl Config {
         ]
     }
 
-    /// Trainable parameters: 850,250 for `cic_1d(10)`, 371,018 for `cic_3d(10)`.
-    pub fn param_count(&self) -> usize {
-        self.blocks().iter().map(CicBlockConfig::param_count).sum()
-    }
-
-    /// Multiply-accumulates of the convolutions for one 32×32 image, counting only existing
-    /// connections: 172.0 M for `cic_1d(10)`, 97.1 M for `cic_3d(10)`.
-    pub fn macs_per_image(&self) -> u64 {
-        let [b1, b2, b3] = self.blocks();
-        let pool = Pool2dConfig::nin(PoolKind::Max);
-        let s1 = INPUT_SIZE;
-        let s2 = pool.output_size(s1).unwrap_or(1);
-        let s3 = pool.output_size(s2).unwrap_or(1);
-        b1.macs(s1, s1) + b2.macs(s2, s2) + b3.macs(s3, s3)
-    }
-
     /// Checks that the model can be built (e.g. that the window fits every layer it applies to).
     pub fn validate(&self) -> nin_layers::Result<()> {
         if self.num_classes == 0 {
@@ -219,6 +180,25 @@ impl Config {
             });
         }
         self.blocks().iter().try_for_each(CicBlockConfig::validate)
+    }
+}
+
+impl ModelConfig for Config {
+    type Model = Cic;
+
+    fn build(&self, vb: VarBuilder) -> nin_layers::Result<Cic> {
+        Cic::new(self, vb)
+    }
+
+    /// 850,250 for `cic_1d(10)`, 371,018 for `cic_3d(10)`.
+    fn param_count(&self) -> usize {
+        self.blocks().iter().map(CicBlockConfig::param_count).sum()
+    }
+
+    /// Counting only existing connections: 172.0 M for `cic_1d(10)`, 97.1 M for `cic_3d(10)`.
+    fn macs_per_image(&self) -> u64 {
+        let blocks = self.blocks().into_iter().zip(nin_stage_sides());
+        blocks.map(|(block, side)| block.macs(side, side)).sum()
     }
 }
 
@@ -256,10 +236,6 @@ impl Cic {
 }
 
 impl ClassMapModel for Cic {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
-    }
-
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.skeleton.class_maps(xs, train)
     }
@@ -415,7 +391,7 @@ mod tests {
                 .map(|k| data[*k].flatten_all().unwrap().to_vec1::<f32>().unwrap())
                 .collect::<Vec<_>>()
         };
-        let xs = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        let xs = nin_layers::seeded_randn((4, 3, 32, 32), 1).unwrap();
         let before = stats();
         model.forward_t(&xs, false).unwrap();
         assert_eq!(stats(), before);

@@ -18,7 +18,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use nin_layers::{conv2d, ConvOptions, Error, Result, WeightInit};
+use nin_layers::{conv2d, ConvOptions, ConvSpec, Error, Result, WeightInit};
 
 /// Geometry of one channel-window convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,21 +73,33 @@ impl ChannelWindowConfig {
         [self.out_channels, self.window, self.kernel, self.kernel]
     }
 
+    /// The convolution of `w` input channels whose weight the layer stores, `[out, w, k, k]`
+    /// with bias: its output size, parameters and multiply-accumulates are the layer's own.
+    pub fn compact(&self) -> ConvSpec {
+        ConvSpec {
+            in_channels: self.window,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            bias: true,
+        }
+    }
+
     /// Output side for an input side `size`.
     pub fn output_size(&self, size: usize) -> usize {
-        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+        self.compact().output_size(size)
     }
 
     /// Trainable parameters: `out·w·k² + out`.
     pub fn param_count(&self) -> usize {
-        self.out_channels * self.window * self.kernel * self.kernel + self.out_channels
+        self.compact().param_count()
     }
 
     /// Multiply-accumulates per image of the layer itself (`out·w·k²` per output pixel), for an
     /// `h`×`w` input; the gathered dense convolution that computes it does `in / w` times more.
     pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let pixels = self.output_size(h) * self.output_size(w);
-        (pixels * self.out_channels * self.window * self.kernel * self.kernel) as u64
+        self.compact().macs(h, w)
     }
 }
 
@@ -189,7 +201,7 @@ impl ChannelWindowConv {
         ))
     }
 
-    /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`].
+    /// `relu(conv(xs) + bias)` in one op, as [`nin_layers::Conv2d::forward_relu`] does.
     pub fn forward_relu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.apply(xs, true)
     }
@@ -223,7 +235,13 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
-    use nin_layers::seeded_var_builder;
+    use nin_layers::{seeded_randn, seeded_var_builder};
+
+    /// `dims` standard normal values times `std`, in `dtype`, from seed `seed`.
+    fn randn(dims: &[usize], seed: u64, std: f64, dtype: DType) -> Tensor {
+        let z = seeded_randn(dims, seed).unwrap().to_dtype(dtype).unwrap();
+        (z * std).unwrap()
+    }
 
     fn small(window: usize) -> ChannelWindowConfig {
         ChannelWindowConfig {
@@ -284,11 +302,11 @@ mod tests {
         let vb = seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
         let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
         varmap.data().lock().unwrap()["bias"]
-            .set(&Tensor::randn(0f32, 0.5, 5, &Device::Cpu).unwrap())
+            .set(&randn(&[5], 1, 0.5, DType::F32))
             .unwrap();
         let dense = conv.dense_weight().unwrap();
         assert_eq!(dense.dims(), &[5, 7, 3, 3]);
-        let xs = Tensor::randn(0f32, 1.0, (2, 7, 6, 6), &Device::Cpu).unwrap();
+        let xs = randn(&[2, 7, 6, 6], 2, 1.0, DType::F32);
         let got = conv.forward(&xs).unwrap();
         for (j, &s) in cfg.starts().iter().enumerate() {
             let w = conv.weight().narrow(0, j, 1).unwrap();
@@ -336,11 +354,11 @@ mod tests {
         let vb = seeded_var_builder(&varmap, 5, DType::F64, &dev);
         let conv = ChannelWindowConv::new(cfg, WeightInit::Normal { std: 0.5 }, vb).unwrap();
         varmap.data().lock().unwrap()["bias"]
-            .set(&Tensor::randn(0f64, 0.1, 5, &dev).unwrap())
+            .set(&randn(&[5], 3, 0.1, DType::F64))
             .unwrap();
-        let xs = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 7, 5, 5), &dev).unwrap()).unwrap();
+        let xs = Var::from_tensor(&randn(&[2, 7, 5, 5], 4, 1.0, DType::F64)).unwrap();
         let side = cfg.output_size(5);
-        let probe = Tensor::randn(0f64, 1.0, (2, 5, side, side), &dev).unwrap();
+        let probe = randn(&[2, 5, side, side], 5, 1.0, DType::F64);
         // A loss that weighs every output differently and is not linear in it.
         let loss = |conv: &ChannelWindowConv, xs: &Tensor| {
             let ys = conv.forward(xs).unwrap();

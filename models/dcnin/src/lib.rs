@@ -25,7 +25,7 @@ Weight names (PyTorch state-dict keys), unit j of stage s reading c channels:
 
 ```
 use candle_core::{DType, Device, Tensor};
-use nin_layers::ClassMapModel;
+use nin_layers::{ClassMapModel, ModelConfig};
 use nin_model_dcnin::{Config, DcNin};
 
 let cfg = Config::dcnin_s(10);
@@ -38,12 +38,13 @@ assert_eq!(cfg.param_count(), 310_906);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, pool2d, Activation, BnActConv, ClassMapModel, ConvLayer, ConvSpec, Dropout,
-    DropoutRng, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
+    pool2d, Activation, BnActConv, ClassMapModel, Conv2d, ConvSpec, Dropout, DropoutRng,
+    ModelConfig, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM, INPUT_SIZE,
 };
 
 /// The architecture's knobs. Presets: [`Config::dcnin_s`], [`Config::dcnin_m`].
@@ -87,9 +88,6 @@ fn default_init() -> WeightInit {
 fn default_bn_momentum() -> f64 {
     BN_MOMENTUM
 }
-
-/// Input side the model is built for.
-pub const INPUT_SIZE: usize = 32;
 
 /// Spatial side of each stage: 32, 16, 8.
 const STAGE_SIZES: [usize; 3] = [INPUT_SIZE, INPUT_SIZE / 2, INPUT_SIZE / 4];
@@ -168,27 +166,6 @@ impl Config {
         out
     }
 
-    /// Trainable parameters (convolution weights, head bias, batch-norm scales and shifts):
-    /// 310,906 for `dcnin_s(10)`, 2,113,882 for `dcnin_m(10)`.
-    pub fn param_count(&self) -> usize {
-        let units: usize = self
-            .bn_act_convs()
-            .iter()
-            .map(|(spec, _)| BnActConv::param_count(spec))
-            .sum();
-        self.stem_spec().param_count() + units
-    }
-
-    /// Multiply-accumulates of the convolutions for one 32×32 image.
-    pub fn macs_per_image(&self) -> u64 {
-        let units: u64 = self
-            .bn_act_convs()
-            .iter()
-            .map(|(spec, size)| spec.macs(*size, *size))
-            .sum();
-        self.stem_spec().macs(INPUT_SIZE, INPUT_SIZE) + units
-    }
-
     fn validate(&self) -> nin_layers::Result<()> {
         let invalid = |field, problem: String| nin_layers::Error::InvalidConfig {
             layer: "dcnin",
@@ -223,10 +200,37 @@ impl Config {
     }
 }
 
+impl ModelConfig for Config {
+    type Model = DcNin;
+
+    fn build(&self, vb: VarBuilder) -> nin_layers::Result<DcNin> {
+        DcNin::new(self, vb)
+    }
+
+    /// 310,906 for `dcnin_s(10)`, 2,113,882 for `dcnin_m(10)`.
+    fn param_count(&self) -> usize {
+        let units: usize = self
+            .bn_act_convs()
+            .iter()
+            .map(|(spec, _)| BnActConv::param_count(spec))
+            .sum();
+        self.stem_spec().param_count() + units
+    }
+
+    fn macs_per_image(&self) -> u64 {
+        let units: u64 = self
+            .bn_act_convs()
+            .iter()
+            .map(|(spec, size)| spec.macs(*size, *size))
+            .sum();
+        self.stem_spec().macs(INPUT_SIZE, INPUT_SIZE) + units
+    }
+}
+
 /// DcNIN. Fields are named like their weight prefixes.
 #[derive(Clone, Debug)]
 pub struct DcNin {
-    stem: ConvLayer,
+    stem: Conv2d,
     stages: [Vec<DenseUnit>; 3],
     transitions: [BnActConv; 2],
     pool: Pool2dConfig,
@@ -241,7 +245,7 @@ impl DcNin {
     pub fn new(cfg: &Config, vb: VarBuilder) -> nin_layers::Result<Self> {
         cfg.validate()?;
         let relu = Activation::Relu;
-        let stem = ConvLayer::new(&cfg.stem_spec(), cfg.init, vb.pp("stem").pp("conv"))?;
+        let stem = Conv2d::new(&cfg.stem_spec(), cfg.init, vb.pp("stem").pp("conv"))?;
         let channels = cfg.stage_channels();
         let mut stages: [Vec<DenseUnit>; 3] = Default::default();
         for (s, units) in stages.iter_mut().enumerate() {
@@ -300,10 +304,6 @@ impl DcNin {
 }
 
 impl ClassMapModel for DcNin {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
-    }
-
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (_, c, _, _) = xs.dims4()?;
         if c != self.config.in_channels {

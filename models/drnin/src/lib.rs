@@ -26,7 +26,7 @@ and for a projection shortcut `stage{s}.{j}.shortcut.conv.weight` `[c, c_in, 1, 
 
 ```
 use candle_core::{DType, Device, Tensor};
-use nin_layers::ClassMapModel;
+use nin_layers::{ClassMapModel, ModelConfig};
 use nin_model_drnin::{Config, DrNin};
 
 let cfg = Config::drnin_l3(10);
@@ -39,12 +39,13 @@ assert_eq!(cfg.param_count(), 896_266);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, pool2d, Activation, ClassMapModel, ConvBn, ConvLayer, ConvSpec, Dropout,
-    DropoutRng, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
+    nin_stage_sides, pool2d, Activation, ClassMapModel, Conv2d, ConvBn, ConvSpec, Dropout,
+    DropoutRng, ModelConfig, Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
 };
 
 /// The architecture's knobs. Presets: [`Config::drnin_l3`], [`Config::drnin_l4`],
@@ -98,9 +99,6 @@ fn default_init() -> WeightInit {
 fn default_bn_momentum() -> f64 {
     BN_MOMENTUM
 }
-
-/// Input side the model is built for.
-pub const INPUT_SIZE: usize = 32;
 
 impl Config {
     /// L DrMLPconv blocks spread over the three stages, earlier stages taking the extras.
@@ -165,24 +163,6 @@ impl Config {
         ConvSpec::same(self.widths[2], self.num_classes, 1).with_bias()
     }
 
-    /// Trainable parameters (convolution weights, head bias, batch-norm scales and shifts):
-    /// 896,266 for `drnin_l3(10)`, 1,302,922 for `drnin_l4(10)`, 1,709,578 for `drnin_l5(10)`.
-    pub fn param_count(&self) -> usize {
-        let blocks: usize = self.block_specs().iter().map(BlockSpec::param_count).sum();
-        blocks + self.head_spec().param_count()
-    }
-
-    /// Multiply-accumulates of the convolutions for one 32×32 image.
-    pub fn macs_per_image(&self) -> u64 {
-        let sizes = stage_sizes();
-        let blocks: u64 = self
-            .block_specs()
-            .iter()
-            .map(|b| b.macs(sizes[b.stage]))
-            .sum();
-        blocks + self.head_spec().macs(sizes[2], sizes[2])
-    }
-
     fn validate(&self) -> nin_layers::Result<()> {
         let invalid = |field, problem: String| nin_layers::Error::InvalidConfig {
             layer: "drnin",
@@ -217,12 +197,29 @@ impl Config {
     }
 }
 
-/// Spatial side of each stage: 32, then after each 3×3 stride-2 ceil-mode pool 16 and 8.
-fn stage_sizes() -> [usize; 3] {
-    let pool = Pool2dConfig::nin(PoolKind::Max);
-    let s2 = pool.output_size(INPUT_SIZE).unwrap_or(1);
-    let s3 = pool.output_size(s2).unwrap_or(1);
-    [INPUT_SIZE, s2, s3]
+impl ModelConfig for Config {
+    type Model = DrNin;
+
+    fn build(&self, vb: VarBuilder) -> nin_layers::Result<DrNin> {
+        DrNin::new(self, vb)
+    }
+
+    /// 896,266 for `drnin_l3(10)`, 1,302,922 for `drnin_l4(10)`, 1,709,578 for `drnin_l5(10)`.
+    fn param_count(&self) -> usize {
+        let blocks: usize = self.block_specs().iter().map(BlockSpec::param_count).sum();
+        blocks + self.head_spec().param_count()
+    }
+
+    /// The stages run at NIN's sides (32, 16, 8: the same pools).
+    fn macs_per_image(&self) -> u64 {
+        let sides = nin_stage_sides();
+        let blocks: u64 = self
+            .block_specs()
+            .iter()
+            .map(|b| b.macs(sides[b.stage]))
+            .sum();
+        blocks + self.head_spec().macs(sides[2], sides[2])
+    }
 }
 
 /// One DrMLPconv block's place and widths.
@@ -271,7 +268,7 @@ pub struct DrNin {
     stages: [Vec<DrMlpConv>; 3],
     pool: Pool2dConfig,
     dropout: Dropout,
-    head: ConvLayer,
+    head: Conv2d,
     dropout_rng: DropoutRng,
     config: Config,
 }
@@ -291,7 +288,7 @@ impl DrNin {
             stages,
             pool: Pool2dConfig::nin(PoolKind::Max),
             dropout: Dropout::new(cfg.dropout, dropout_rng.clone())?,
-            head: ConvLayer::new(&cfg.head_spec(), cfg.init, vb.pp("head").pp("conv"))?,
+            head: Conv2d::new(&cfg.head_spec(), cfg.init, vb.pp("head").pp("conv"))?,
             dropout_rng,
             config: cfg.clone(),
         })
@@ -304,10 +301,6 @@ impl DrNin {
 }
 
 impl ClassMapModel for DrNin {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
-    }
-
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (_, c, _, _) = xs.dims4()?;
         if c != self.config.in_channels {

@@ -17,7 +17,7 @@ its `.bias`; batch norm under `mlpconvN.bn.{j}` (j = 0 for the k×k convolution)
 
 ```
 use candle_core::{DType, Device, Tensor};
-use nin_layers::ClassMapModel;
+use nin_layers::{ClassMapModel, ModelConfig};
 use nin_model_nin::{Config, Nin};
 
 let cfg = Config::nin(10);
@@ -30,12 +30,13 @@ assert_eq!(cfg.param_count(), 966_986);
 ```
 */
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use nin_layers::{
-    global_avg_pool, Activation, ClassMapModel, DropoutRng, MlpConv, MlpConvConfig, NinSkeleton,
-    Pool2dConfig, PoolKind, WeightInit,
+    nin_defaults, nin_stage_sides, Activation, ClassMapModel, DropoutRng, MlpConv, MlpConvConfig,
+    ModelConfig, NinSkeleton, PoolKind, WeightInit,
 };
 
 /// The architecture's knobs. Presets: [`Config::nin`], [`Config::nin_bn`].
@@ -45,69 +46,44 @@ pub struct Config {
     /// Number of classes `C` (maps of the last layer).
     pub num_classes: usize,
     /// Input channels (3 for RGB).
-    #[serde(default = "default_in_channels")]
+    #[serde(default = "nin_defaults::in_channels")]
     pub in_channels: usize,
     /// Widths of mlpconv1: 5×5 convolution, then two 1×1 layers.
-    #[serde(default = "default_widths1")]
+    #[serde(default = "nin_defaults::mlpconv1")]
     pub mlpconv1: [usize; 3],
     /// Widths of mlpconv2: 5×5 convolution, then two 1×1 layers.
-    #[serde(default = "default_widths2")]
+    #[serde(default = "nin_defaults::mlpconv2")]
     pub mlpconv2: [usize; 3],
     /// Widths of mlpconv3's 3×3 convolution and first 1×1 layer (the class layer follows).
-    #[serde(default = "default_widths3")]
+    #[serde(default = "nin_defaults::mlpconv3")]
     pub mlpconv3: [usize; 2],
     /// The second pooling: average in the Caffe model, max in the cuda-convnet files.
-    #[serde(default = "default_pool2")]
+    #[serde(default = "nin_defaults::pool2")]
     pub pool2: PoolKind,
     /// Dropout probability after each of the first two pools.
-    #[serde(default = "default_dropout")]
+    #[serde(default = "nin_defaults::dropout")]
     pub dropout: f64,
     /// Batch norm after every convolution, before its ReLU.
     #[serde(default)]
     pub batch_norm: bool,
     /// Initialisation of the convolution weights.
-    #[serde(default = "default_init")]
+    #[serde(default = "nin_defaults::init")]
     pub init: WeightInit,
 }
-
-fn default_in_channels() -> usize {
-    3
-}
-fn default_widths1() -> [usize; 3] {
-    [192, 160, 96]
-}
-fn default_widths2() -> [usize; 3] {
-    [192, 192, 192]
-}
-fn default_widths3() -> [usize; 2] {
-    [192, 192]
-}
-fn default_pool2() -> PoolKind {
-    PoolKind::Avg
-}
-fn default_dropout() -> f64 {
-    0.5
-}
-fn default_init() -> WeightInit {
-    WeightInit::Normal { std: 0.05 }
-}
-
-/// Input side the model is built for.
-pub const INPUT_SIZE: usize = 32;
 
 impl Config {
     /// The authors' CIFAR model (Caffe model zoo), exact.
     pub fn nin(num_classes: usize) -> Self {
         Self {
             num_classes,
-            in_channels: default_in_channels(),
-            mlpconv1: default_widths1(),
-            mlpconv2: default_widths2(),
-            mlpconv3: default_widths3(),
-            pool2: default_pool2(),
-            dropout: default_dropout(),
+            in_channels: nin_defaults::in_channels(),
+            mlpconv1: nin_defaults::mlpconv1(),
+            mlpconv2: nin_defaults::mlpconv2(),
+            mlpconv3: nin_defaults::mlpconv3(),
+            pool2: nin_defaults::pool2(),
+            dropout: nin_defaults::dropout(),
             batch_norm: false,
-            init: default_init(),
+            init: nin_defaults::init(),
         }
     }
 
@@ -141,21 +117,6 @@ impl Config {
         ]
     }
 
-    /// Trainable parameters: 966,986 for `nin(10)`, 984,356 for `nin(100)`.
-    pub fn param_count(&self) -> usize {
-        self.blocks().iter().map(MlpConvConfig::param_count).sum()
-    }
-
-    /// Multiply-accumulates of the convolutions for one 32×32 image: 222.5 M for `nin(10)`.
-    pub fn macs_per_image(&self) -> u64 {
-        let [b1, b2, b3] = self.blocks();
-        let pool = Pool2dConfig::nin(PoolKind::Max);
-        let s1 = INPUT_SIZE;
-        let s2 = pool.output_size(s1).unwrap_or(1);
-        let s3 = pool.output_size(s2).unwrap_or(1);
-        b1.macs(s1, s1) + b2.macs(s2, s2) + b3.macs(s3, s3)
-    }
-
     fn validate(&self) -> nin_layers::Result<()> {
         if self.num_classes == 0 {
             return Err(nin_layers::Error::InvalidConfig {
@@ -165,6 +126,25 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+impl ModelConfig for Config {
+    type Model = Nin;
+
+    fn build(&self, vb: VarBuilder) -> nin_layers::Result<Nin> {
+        Nin::new(self, vb)
+    }
+
+    /// 966,986 for `nin(10)`, 984,356 for `nin(100)`.
+    fn param_count(&self) -> usize {
+        self.blocks().iter().map(MlpConvConfig::param_count).sum()
+    }
+
+    /// 222.5 M for `nin(10)`.
+    fn macs_per_image(&self) -> u64 {
+        let blocks = self.blocks().into_iter().zip(nin_stage_sides());
+        blocks.map(|(block, side)| block.macs(side, side)).sum()
     }
 }
 
@@ -202,10 +182,6 @@ impl Nin {
 }
 
 impl ClassMapModel for Nin {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(global_avg_pool(&self.class_maps(xs, train)?)?)
-    }
-
     fn class_maps(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.skeleton.class_maps(xs, train)
     }

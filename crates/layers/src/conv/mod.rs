@@ -1,0 +1,201 @@
+//! 2-D convolution as a candle custom op whose CPU forward and backward are GEMMs.
+//!
+//! candle 0.11's convolution is slow where training spends its time (see
+//! `docs/performance.md`): the input gradient runs through `conv_transpose2d`, a loop without
+//! GEMM; the weight gradient of a 1×1 convolution degenerates into matrix–vector products; the
+//! input gradient of the first layer is computed though nothing needs it; and bias and ReLU add
+//! whole-tensor passes forward and backward. This op does, per image `n`:
+//!
+//! - forward: `Y[n] = W · col(X[n]) + b` (`[C_out, C_in·k·k] × [C_in·k·k, OH·OW]`), ReLU fused
+//!   in; a 1×1 stride-1 convolution uses `X[n]` itself as `col`, so it is one plain GEMM;
+//! - weight gradient: `dW = Σₙ dY[n] · col(X[n])ᵀ`, with several small images packed side by side
+//!   so that each GEMM has a long inner dimension; bias gradient: the sums of `dY`'s rows;
+//! - input gradient: `dX[n] = col2im(Wᵀ · dY[n])` (for 1×1 stride 1: `Wᵀ · dY[n]` directly),
+//!   **computed only when the input tracks a gradient** (`Tensor::track_op`: it is a variable or
+//!   the result of an op on one), so a model's own input, a plain tensor, never costs one.
+//!
+//! Images are spread over rayon's pool with single-threaded GEMMs; with fewer images than
+//! threads the GEMMs themselves run in parallel. Sums over images go chunk by chunk in a fixed
+//! order, so a result depends on the thread count but not on scheduling. The im2col buffers are
+//! per thread and never kept: the backward recomputes them, so memory stays at candle's level.
+//!
+//! f32 and f64 run on the CPU through the `gemm` crate (the one candle uses, with its AVX-512
+//! kernels enabled). Any other device or dtype falls back to candle's own `conv2d`, bias add and
+//! ReLU, which are correct there, only slower.
+//!
+//! The files follow the seams: `geometry` (the checked shapes and im2col), `gemm` (the one GEMM
+//! call), `forward`, `backward`, and `layer`, the [`Conv2d`] layer with its [`ConvSpec`], where
+//! parameters and multiply-accumulates are counted.
+
+mod backward;
+mod forward;
+mod gemm;
+mod geometry;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+
+use self::backward::{GradOp, ReluMask};
+use self::forward::forward;
+use self::geometry::Geom;
+use crate::cpu::{dispatch_float, slice};
+
+pub use self::layer::{Conv2d, ConvSpec};
+
+/// Stride, padding and fused activation of a [`conv2d`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvOptions {
+    /// Step between windows, both axes.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Apply ReLU to the output (and mask the gradient by it) inside the op.
+    pub relu: bool,
+}
+
+/// `relu?(conv(xs, weight) + bias)` for `xs` `[N, C_in, H, W]` and `weight` `[C_out, C_in, k, k]`;
+/// differentiable. Fast on the CPU for f32 and f64, candle's own convolution elsewhere.
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: ConvOptions,
+) -> candle_core::Result<Tensor> {
+    let g = Geom::new(xs.dims(), weight.dims(), opts)?;
+    if let Some(b) = bias {
+        g.expect_bias(b.dims())?;
+    }
+    let fast = xs.device().is_cpu()
+        && matches!(xs.dtype(), DType::F32 | DType::F64)
+        && weight.dtype() == xs.dtype()
+        && bias.is_none_or(|b| b.dtype() == xs.dtype());
+    if !fast {
+        let mut ys = xs.conv2d(weight, opts.padding, opts.stride, 1, 1)?;
+        if let Some(b) = bias {
+            ys = ys.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        }
+        return if opts.relu { ys.relu() } else { Ok(ys) };
+    }
+    let op = ConvOp { opts };
+    let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op),
+        None => xs.apply_op2(&weight, op),
+    }
+}
+
+/// The forward op on (input, weight[, bias]).
+#[derive(Clone, Copy, Debug)]
+struct ConvOp {
+    opts: ConvOptions,
+}
+
+impl ConvOp {
+    /// The forward on the CPU, once the geometry and the bias are checked.
+    fn cpu_conv(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "conv2d";
+        let g = Geom::new(l1.dims(), l2.dims(), self.opts)?;
+        if let Some((_, l)) = bias {
+            g.expect_bias(l.dims())?;
+        }
+        let storage = dispatch_float!(s1.dtype(), op, |T| {
+            let b = bias.map(|(s, l)| slice::<T>(s, l, op)).transpose()?;
+            let (x, wt) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
+            T::to_cpu_storage_owned(forward::<T>(&g, x, wt, b, self.opts.relu))
+        });
+        Ok((storage, Shape::from((g.n, g.c_out, g.oh, g.ow))))
+    }
+
+    /// Gradients for input, weight and bias, each only when its tensor tracks gradients.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = if self.opts.relu {
+            grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?
+        } else {
+            grad.contiguous()?
+        };
+        let (c_out, ckk) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
+        let (mut dw, mut db) = (None, None);
+        if w.track_op() || b.is_some_and(Tensor::track_op) {
+            let both = x.apply_op2_no_bwd(&dy, &GradOp::Weight(self.opts, w.dim(2)?))?;
+            dw = Some(both.narrow(0, 0, c_out * ckk)?.reshape(w.shape())?);
+            db = b.map(|_| both.narrow(0, c_out * ckk, c_out)).transpose()?;
+        }
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &GradOp::Input(self.opts, x.shape().clone()))?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "nin-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_conv((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, None, res, grad)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "nin-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_conv((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward(x, w, Some(b), res, grad)
+    }
+}

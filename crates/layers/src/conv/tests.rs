@@ -1,0 +1,252 @@
+//! The convolution op against candle's and against finite differences, on every geometry the
+//! kernels branch on.
+
+use super::*;
+use crate::cpu::max_abs_diff;
+use candle_core::{Device, Var};
+
+/// Deterministic pseudo-random values in [−1, 1).
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let n = dims.iter().product();
+    Tensor::from_vec(values(n, seed), dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// (input dims, C_out, k, stride, padding)
+const SHAPES: &[([usize; 4], usize, usize, usize, usize)] = &[
+    ([2, 3, 5, 6], 4, 3, 1, 1),
+    ([2, 3, 7, 5], 4, 5, 1, 2),
+    ([3, 4, 5, 5], 3, 1, 1, 0),
+    ([2, 3, 7, 6], 2, 3, 2, 1),
+    ([1, 2, 6, 7], 3, 3, 2, 0),
+    ([3, 2, 5, 4], 2, 1, 2, 0),
+    ([2, 2, 4, 3], 3, 5, 1, 2),
+];
+
+#[test]
+fn forward_and_gradients_match_candle() {
+    for (i, &(xd, c_out, k, stride, padding)) in SHAPES.iter().enumerate() {
+        for relu in [false, true] {
+            let seed = i as u64 * 10;
+            let x = Var::from_tensor(&tensor(&xd, seed, DType::F32)).unwrap();
+            let w = Var::from_tensor(&tensor(&[c_out, xd[1], k, k], seed + 1, DType::F32)).unwrap();
+            let b = Var::from_tensor(&tensor(&[c_out], seed + 2, DType::F32)).unwrap();
+            let opts = ConvOptions {
+                stride,
+                padding,
+                relu,
+            };
+            let ours = conv2d(&x, &w, Some(&b), opts).unwrap();
+            let mut theirs = x
+                .conv2d(&w, padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap();
+            if relu {
+                theirs = theirs.relu().unwrap();
+            }
+            assert!(max_abs_diff(&ours, &theirs) < 1e-5, "shape {i} forward");
+            // candle's own backward fails ("shape mismatch in add") when the stride leaves
+            // input rows or columns unread; finite differences cover those shapes.
+            let unread = |side: usize| (side + 2 * padding - k) % stride != 0;
+            if unread(xd[2]) || unread(xd[3]) {
+                continue;
+            }
+            let r = tensor(ours.dims(), seed + 3, DType::F32);
+            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert_eq!(a.dims(), e.dims());
+                assert!(max_abs_diff(a, e) < 1e-4, "shape {i} relu {relu}: d{name}");
+            }
+        }
+    }
+}
+
+/// Central differences in f64 for every entry of input, weight and bias.
+#[test]
+fn gradients_match_finite_differences() {
+    let eps = 1e-6;
+    for (i, &(xd, c_out, k, stride, padding)) in SHAPES.iter().enumerate() {
+        let seed = 100 + i as u64 * 10;
+        let wd = [c_out, xd[1], k, k];
+        let (x0, w0, b0) = (
+            values(xd.iter().product(), seed),
+            values(wd.iter().product(), seed + 1),
+            values(c_out, seed + 2),
+        );
+        let opts = ConvOptions {
+            stride,
+            padding,
+            relu: false,
+        };
+        let dev = &Device::Cpu;
+        let loss = |x: &[f64], w: &[f64], b: &[f64], r: Option<&Tensor>| {
+            let xs = Tensor::from_slice(x, &xd, dev).unwrap();
+            let ws = Tensor::from_slice(w, &wd, dev).unwrap();
+            let bs = Tensor::from_slice(b, c_out, dev).unwrap();
+            let y = conv2d(&xs, &ws, Some(&bs), opts).unwrap();
+            let r = r
+                .cloned()
+                .unwrap_or_else(|| tensor(y.dims(), seed + 3, DType::F64));
+            (&y * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let x = Var::from_vec(x0.clone(), &xd, dev).unwrap();
+        let w = Var::from_vec(w0.clone(), &wd, dev).unwrap();
+        let b = Var::from_vec(b0.clone(), c_out, dev).unwrap();
+        let y = conv2d(&x, &w, Some(&b), opts).unwrap();
+        let r = tensor(y.dims(), seed + 3, DType::F64);
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let analytic = |v: &Var| {
+            grads
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+        };
+        let (gx, gw, gb) = (
+            analytic(&x).unwrap(),
+            analytic(&w).unwrap(),
+            analytic(&b).unwrap(),
+        );
+        for which in 0..3 {
+            let (base, got) = match which {
+                0 => (&x0, &gx),
+                1 => (&w0, &gw),
+                _ => (&b0, &gb),
+            };
+            for j in 0..base.len() {
+                let mut p = base.clone();
+                let mut m = base.clone();
+                p[j] += eps;
+                m[j] -= eps;
+                let (lp, lm) = match which {
+                    0 => (loss(&p, &w0, &b0, Some(&r)), loss(&m, &w0, &b0, Some(&r))),
+                    1 => (loss(&x0, &p, &b0, Some(&r)), loss(&x0, &m, &b0, Some(&r))),
+                    _ => (loss(&x0, &w0, &p, Some(&r)), loss(&x0, &w0, &m, Some(&r))),
+                };
+                let fd = (lp - lm) / (2.0 * eps);
+                assert!(
+                    (fd - got[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "shape {i}, tensor {which}, entry {j}: fd {fd} vs {}",
+                    got[j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_plain_input_gets_no_gradient_and_a_variable_one_does() {
+    let w = Var::from_tensor(&tensor(&[4, 3, 3, 3], 1, DType::F32)).unwrap();
+    let opts = ConvOptions {
+        stride: 1,
+        padding: 1,
+        relu: true,
+    };
+    let plain = tensor(&[2, 3, 6, 6], 2, DType::F32);
+    let grads = conv2d(&plain, &w, None, opts)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&plain).is_none());
+    assert!(grads.get(&w).is_some());
+    let var = Var::from_tensor(&plain).unwrap();
+    let grads = conv2d(&var, &w, None, opts)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(grads.get(&var).unwrap().dims(), &[2, 3, 6, 6]);
+}
+
+#[test]
+fn batches_larger_than_the_pool_split_and_sum_in_order() {
+    // Enough images for several chunks and packed groups of small maps.
+    let x = Var::from_tensor(&tensor(&[9, 3, 4, 4], 5, DType::F64)).unwrap();
+    let w = Var::from_tensor(&tensor(&[2, 3, 3, 3], 6, DType::F64)).unwrap();
+    let opts = ConvOptions {
+        stride: 1,
+        padding: 1,
+        relu: false,
+    };
+    let ours = conv2d(&x, &w, None, opts).unwrap();
+    let theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+    let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(max_abs_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < 1e-10);
+    assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-10);
+}
+
+/// The shapes the kernels rely on are refused with an error before any of them runs, including
+/// a gradient that does not match the output in the backward ops.
+#[test]
+fn shapes_the_kernels_cannot_take_are_errors() {
+    let opts = ConvOptions {
+        stride: 1,
+        padding: 0,
+        relu: false,
+    };
+    let x = tensor(&[2, 3, 4, 4], 1, DType::F32);
+    let w = tensor(&[5, 3, 3, 3], 2, DType::F32);
+    let too_big = tensor(&[5, 3, 5, 5], 3, DType::F32);
+    let err = conv2d(&x, &too_big, None, opts).unwrap_err().to_string();
+    assert!(err.contains("does not fit 4×4"), "{err}");
+    let wrong_channels = tensor(&[5, 2, 3, 3], 4, DType::F32);
+    assert!(conv2d(&x, &wrong_channels, None, opts).is_err());
+    let no_stride = ConvOptions { stride: 0, ..opts };
+    assert!(conv2d(&x, &w, None, no_stride).is_err());
+    // The output is [2, 5, 2, 2]; a gradient of another shape is refused.
+    let bad_grad = tensor(&[2, 5, 3, 2], 5, DType::F32);
+    let input_grad = GradOp::Input(opts, x.shape().clone());
+    let err = bad_grad
+        .apply_op2_no_bwd(&w, &input_grad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected an output gradient [2, 5, 2, 2]"),
+        "{err}"
+    );
+    let err = x
+        .apply_op2_no_bwd(&bad_grad, &GradOp::Weight(opts, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected an output gradient"), "{err}");
+    let y = tensor(&[2, 5, 2, 2], 6, DType::F32);
+    let err = bad_grad
+        .apply_op2_no_bwd(&y, &ReluMask)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("differ in shape"), "{err}");
+}

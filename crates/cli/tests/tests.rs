@@ -6,6 +6,7 @@ mod bench;
 #[cfg(unix)]
 mod crash;
 mod data;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod train;

@@ -1,7 +1,6 @@
 //! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`). The comparative
-//! training sweep (`cargo xtask sweep`) lands with its issue.
+//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

@@ -47,8 +47,8 @@ pub enum Error {
         dir: PathBuf,
         /// The whitening file.
         path: PathBuf,
-        /// What is wrong with it.
-        source: nin_data::Error,
+        /// What is wrong with it (boxed: the data crate's error is large).
+        source: Box<nin_data::Error>,
     },
     /// An image could not be read or decoded.
     #[error("{}: {reason}", path.display())]

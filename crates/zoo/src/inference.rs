@@ -198,7 +198,7 @@ pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> 
             let zca = Zca::load(&path).map_err(|source| Error::Whitening {
                 dir: dir.to_path_buf(),
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             Preprocess::GcnZca(Arc::new(zca))
         }

@@ -348,7 +348,7 @@ fn cases() -> Vec<Case> {
                 predict(&m, &png(d, "a.png"))
             },
             code: 2,
-            words: &["not finite"],
+            words: &["tensor `mlpconv1.conv.bias` holds NaN or infinite values"],
         },
         // Images.
         Case {

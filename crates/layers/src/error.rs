@@ -48,6 +48,16 @@ pub enum Error {
         /// The tensor name.
         name: String,
     },
+    /// A tensor of a weights file cannot be a weight: integers, NaN, a name given twice.
+    #[error("{}: tensor `{name}` {problem}", file.display())]
+    BadTensor {
+        /// The weights file.
+        file: std::path::PathBuf,
+        /// The tensor name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A tensor of a weights file has the wrong shape.
     #[error("{}: tensor `{name}`: expected shape {expected:?}, got {got:?}", file.display())]
     ShapeMismatch {

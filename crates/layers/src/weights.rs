@@ -66,12 +66,68 @@ pub fn read_safetensors_bytes(path: &Path, bytes: &[u8], device: &Device) -> Res
         path: path.to_path_buf(),
         source,
     };
+    refuse_duplicate_names(path, bytes)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(st_err)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     // Validates the layout before candle reads it.
     safetensors::SafeTensors::deserialize(bytes).map_err(st_err)?;
     let tensors = candle_core::safetensors::load_buffer(bytes, device)?;
     Ok(LoadedTensors { tensors, metadata })
+}
+
+/// Refuses a header that names a tensor twice: the safetensors reader keeps the last silently,
+/// so a file could hold two different tensors under one name and load either.
+fn refuse_duplicate_names(path: &Path, bytes: &[u8]) -> Result<()> {
+    struct Names(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> std::result::Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        names.push(key);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    // The header is an 8-byte little-endian length, then that much JSON; anything malformed is
+    // left to the safetensors reader, which says what is wrong.
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    else {
+        return Ok(());
+    };
+    let Some(header) = usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
+    else {
+        return Ok(());
+    };
+    let Ok(Names(mut names)) = serde_json::from_slice::<Names>(header) else {
+        return Ok(());
+    };
+    names.sort();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::BadTensor {
+            file: path.to_path_buf(),
+            name: pair[0].clone(),
+            problem: "is named twice in the header".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Writes every variable of `varmap` (batch-norm statistics included) to `path`, sorted by name,
@@ -118,7 +174,29 @@ pub fn set_weights(
                 got: t.dims().to_vec(),
             });
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        if !t.dtype().is_float() {
+            return Err(Error::BadTensor {
+                file: file.to_path_buf(),
+                name: name.clone(),
+                problem: format!("holds {:?} values; weights are floating point", t.dtype()),
+            });
+        }
+        let t = t.to_dtype(var.dtype())?;
+        // A NaN or infinite weight turns every answer into noise: refuse it where it is read.
+        let finite = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(Error::BadTensor {
+                file: file.to_path_buf(),
+                name: name.clone(),
+                problem: "holds NaN or infinite values".into(),
+            });
+        }
+        var.set(&t)?;
     }
     if let Some(name) = tensors.keys().min() {
         return Err(Error::UnexpectedTensor {
@@ -196,6 +274,39 @@ mod tests {
             err.to_string().contains("unexpected tensor `a.bias`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn integer_nan_and_duplicate_tensors_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let dst = varmap(&[("a.weight", &[2], 0.0)]);
+        let write = |t: Tensor| {
+            write_safetensors(
+                &path,
+                &BTreeMap::from([("a.weight".to_string(), t)]),
+                &BTreeMap::new(),
+            )
+            .unwrap()
+        };
+        write(Tensor::new(&[1u32, 2], &Device::Cpu).unwrap());
+        let err = load_weights(&path, &dst).unwrap_err().to_string();
+        assert!(err.contains("`a.weight`") && err.contains("U32"), "{err}");
+        write(Tensor::new(&[1f32, f32::NAN], &Device::Cpu).unwrap());
+        let err = load_weights(&path, &dst).unwrap_err().to_string();
+        assert!(
+            err.contains("`a.weight` holds NaN or infinite values"),
+            "{err}"
+        );
+
+        // A hand-made header naming `a.weight` twice.
+        let header = br#"{"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0u8; 8]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = load_weights(&path, &dst).unwrap_err().to_string();
+        assert!(err.contains("`a.weight` is named twice"), "{err}");
     }
 
     #[test]

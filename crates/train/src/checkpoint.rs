@@ -20,7 +20,7 @@ use nin_format::{
     create_dir, read_bounded, read_json, remove_stale_temp_files, sync_dir, temp_path,
     write_atomic_with, write_json, TrainerState, TMP_MARKER,
 };
-use nin_layers::weights::{load_weights, named_vars, save_weights, MAX_SAFETENSORS_BYTES};
+use nin_layers::weights::{load_weights, save_weights, MAX_SAFETENSORS_BYTES};
 
 use crate::error::{Error, Result};
 use crate::optim::{load_optimizer_state, save_optimizer_state, Optimizer};
@@ -228,14 +228,7 @@ pub(crate) fn load(
     let weights = dir.join(MODEL_SAFETENSORS);
     let meta = load_weights(&weights, varmap)?;
     check_step(&weights, meta.get("global_step"), &step)?;
-    for (name, var) in named_vars(varmap) {
-        if !all_finite(var.as_tensor())? {
-            return Err(Error::NonFiniteTensor {
-                file: weights,
-                name,
-            });
-        }
-    }
+    // NaN or infinite weights were refused by `load_weights`, naming the file and tensor.
     let opt_path = dir.join(OPTIMIZER_SAFETENSORS);
     let meta = load_optimizer_state(&opt_path, opt)?;
     check_step(&opt_path, meta.get("global_step"), &step)?;

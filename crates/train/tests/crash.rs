@@ -381,7 +381,7 @@ fn resume_refuses_non_finite_checkpoint_tensors() {
     });
     let err = resume_error(dir.path());
     assert!(
-        matches!(err, Error::NonFiniteTensor { ref name, .. } if name == "head.bias"),
+        matches!(err, Error::Layers(nin_layers::Error::BadTensor { ref name, .. }) if name == "head.bias"),
         "{err}"
     );
     assert!(err.to_string().contains("model.safetensors"), "{err}");

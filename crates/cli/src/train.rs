@@ -14,7 +14,7 @@ use nin_data::{
     Dataset, Holdout, ImageSet, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
     ZcaConfig,
 };
-use nin_format::files::WHITENING_SAFETENSORS;
+use nin_format::files::{RUN_JSON, WHITENING_SAFETENSORS};
 use nin_format::{
     DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
 };
@@ -95,8 +95,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let threads = set_threads(args.threads)?;
     let (mut run, out) = if args.resume {
         let out = args.out.clone().context("--resume needs --out DIR")?;
+        if !out.join(RUN_JSON).is_file() {
+            bail!(
+                "--resume: {} holds no run to resume (no {RUN_JSON})",
+                out.display()
+            );
+        }
         let run = RunConfig::load(&out)
-            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?;
+            .with_context(|| format!("--resume: reading the run in {}", out.display()))?;
         refuse_contradicting_flags(&args, &run)?;
         if run.threads != threads {
             eprintln!(

@@ -151,17 +151,20 @@ pub fn download(
         dataset.archive_name()
     );
     let stall = env_stall_timeout()?.unwrap_or(opts.stall_timeout);
-    download_url(&url, &dest, &md5, stall, progress)?;
+    let max_bytes = crate::archive::max_archive_bytes(dataset);
+    download_url(&url, &dest, &md5, max_bytes, stall, progress)?;
     Ok(dest)
 }
 
 /// Downloads `url` to `dest`: appends to `<dest>.part` (resuming with an HTTP Range request when it
-/// exists), checks the MD5, then renames atomically. A part whose MD5 is wrong is deleted. The
+/// exists), checks the MD5, then renames atomically. A part whose MD5 is wrong is deleted, and so
+/// is one that grows past `max_bytes` (a server sending without end would fill the disk). The
 /// server may stay silent at most `stall_timeout` at any point.
 pub fn download_url(
     url: &str,
     dest: &Path,
     md5: &str,
+    max_bytes: u64,
     stall_timeout: Duration,
     progress: &mut dyn DownloadProgress,
 ) -> Result<()> {
@@ -244,6 +247,13 @@ pub fn download_url(
                     )));
                 }
             };
+            if got.saturating_add(n as u64) > max_bytes {
+                drop(file);
+                let _ = fs::remove_file(&part);
+                return Err(fail(format!(
+                    "the body is more than the {max_bytes} bytes an archive of this kind can be"
+                )));
+            }
             file.write_all(&buf[..n])
                 .map_err(|e| Error::io("writing", &part, e))?;
             got += n as u64;

@@ -55,6 +55,29 @@ fn downloads_verifies_and_loads() -> TestResult {
 }
 
 #[test]
+fn a_body_larger_than_any_archive_of_its_kind_is_refused() -> TestResult {
+    let body = Arc::new(generated_archive());
+    let dir = tempfile::tempdir()?;
+    let dest = dir.path().join("a.tar.gz");
+    let server = serve("a.tar.gz", body.clone(), vec![Mode::Normal]);
+    let cap = body.len() as u64 / 2;
+    let err = download_url(
+        &format!("{}/a.tar.gz", server.base_url),
+        &dest,
+        &md5_hex(&body),
+        cap,
+        TIMEOUT,
+        &mut NoProgress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&format!("more than the {cap} bytes")), "{err}");
+    assert!(!dest.exists() && !dir.path().join("a.tar.gz.part").exists());
+    drop(server);
+    Ok(())
+}
+
+#[test]
 fn resumes_a_partial_download_with_range() -> TestResult {
     let body = Arc::new(generated_archive());
     let dir = tempfile::tempdir()?;
@@ -66,6 +89,7 @@ fn resumes_a_partial_download_with_range() -> TestResult {
         &format!("{}/a.tar.gz", server.base_url),
         &dest,
         &md5_hex(&body),
+        u64::MAX,
         TIMEOUT,
         &mut NoProgress,
     )?;
@@ -86,14 +110,29 @@ fn dropped_connection_then_resume() -> TestResult {
         vec![Mode::DropAfter(1000), Mode::Normal],
     );
     let url = format!("{}/b.tar.gz", server.base_url);
-    let err = download_url(&url, &dest, &md5_hex(&body), TIMEOUT, &mut NoProgress).unwrap_err();
+    let err = download_url(
+        &url,
+        &dest,
+        &md5_hex(&body),
+        u64::MAX,
+        TIMEOUT,
+        &mut NoProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Download { .. }), "{err}");
     assert!(err.to_string().contains("resume"), "{err}");
     assert_eq!(
         std::fs::metadata(dir.path().join("b.tar.gz.part"))?.len(),
         1000
     );
-    download_url(&url, &dest, &md5_hex(&body), TIMEOUT, &mut NoProgress)?;
+    download_url(
+        &url,
+        &dest,
+        &md5_hex(&body),
+        u64::MAX,
+        TIMEOUT,
+        &mut NoProgress,
+    )?;
     assert_eq!(std::fs::read(&dest)?, *body);
     let ranges = server.handle.join().map_err(|_| "server panicked")?;
     assert_eq!(ranges, vec![None, Some("bytes=1000-".into())]);
@@ -183,6 +222,7 @@ fn downloads_the_real_archive() -> TestResult {
         &format!("{}/cifar-10-binary.tar.gz", server.base_url),
         &dest,
         &md5,
+        u64::MAX,
         TIMEOUT,
         &mut NoProgress,
     )?;
@@ -227,6 +267,7 @@ fn progress_is_reported_to_the_caller() -> TestResult {
         &format!("{}/p.tar.gz", server.base_url),
         &dest,
         &md5_hex(&body),
+        u64::MAX,
         TIMEOUT,
         &mut progress,
     )?;
@@ -253,6 +294,7 @@ fn a_server_that_stalls_before_answering_times_out() -> TestResult {
         &format!("{}/s.tar.gz", server.base_url),
         &dest,
         &md5_hex(&body),
+        u64::MAX,
         Duration::from_millis(300),
         &mut NoProgress,
     )
@@ -286,6 +328,7 @@ fn a_server_that_stalls_mid_body_times_out_and_the_part_resumes() -> TestResult 
         &url,
         &dest,
         &md5_hex(&body),
+        u64::MAX,
         Duration::from_millis(300),
         &mut NoProgress,
     )
@@ -302,7 +345,14 @@ fn a_server_that_stalls_mid_body_times_out_and_the_part_resumes() -> TestResult 
         std::fs::metadata(dir.path().join("m.tar.gz.part"))?.len(),
         1000
     );
-    download_url(&url, &dest, &md5_hex(&body), TIMEOUT, &mut NoProgress)?;
+    download_url(
+        &url,
+        &dest,
+        &md5_hex(&body),
+        u64::MAX,
+        TIMEOUT,
+        &mut NoProgress,
+    )?;
     assert_eq!(std::fs::read(&dest)?, *body);
     let ranges = server.handle.join().map_err(|_| "server panicked")?;
     assert_eq!(ranges, vec![None, Some("bytes=1000-".into())]);

@@ -109,8 +109,94 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
+/// A `.tar.gz` at `dir/cifar-10-binary.tar.gz` of `(member, declared size, bytes)` entries,
+/// headers written as given (a declared size may exceed the bytes that follow).
+fn archive(dir: &Path, members: &[(&str, u64, &[u8])]) -> PathBuf {
+    let mut tar = Vec::new();
+    for (name, size, data) in members {
+        let mut header = tar::Header::new_gnu();
+        header
+            .set_path(format!("cifar-10-batches-bin/{name}"))
+            .expect("member name");
+        header.set_size(*size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    let path = dir.join("cifar-10-binary.tar.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    std::fs::write(&path, gz.finish().expect("gzip")).expect("archive written");
+    path
+}
+
+fn data_info(data: &Path) -> Vec<String> {
+    strings(&["data", "info", "--data", &data.display().to_string()])
+}
+
 fn cases() -> Vec<Case> {
     vec![
+        // Archives and record files.
+        Case {
+            name: "an archive of garbage",
+            setup: |d| {
+                let path = d.join("cifar-10-binary.tar.gz");
+                std::fs::write(&path, b"\x1f\x8b\x08garbage\x00\xff\xfe not gzip at all")
+                    .expect("written");
+                data_info(&path)
+            },
+            code: 2,
+            words: &["cifar-10-binary.tar.gz"],
+        },
+        Case {
+            name: "a member declaring 2^63 bytes",
+            setup: |d| data_info(&archive(d, &[("data_batch_1.bin", 1 << 63, b"tiny")])),
+            code: 2,
+            words: &["data_batch_1.bin", "more than the"],
+        },
+        Case {
+            name: "a member declaring 1 TiB",
+            setup: |d| data_info(&archive(d, &[("test_batch.bin", 1 << 40, b"tiny")])),
+            code: 2,
+            words: &["test_batch.bin", "more than the"],
+        },
+        Case {
+            name: "a member stored twice",
+            setup: |d| {
+                let record = [0u8; 3073];
+                data_info(&archive(
+                    d,
+                    &[
+                        ("data_batch_1.bin", 3073, &record),
+                        ("data_batch_1.bin", 3073, &record),
+                    ],
+                ))
+            },
+            code: 2,
+            words: &["data_batch_1.bin", "more than once"],
+        },
+        Case {
+            name: "an extracted record file of a partial record",
+            setup: |d| {
+                let folder = d.join("cifar-10-batches-bin");
+                std::fs::create_dir(&folder).expect("folder");
+                for name in ["data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin"]
+                    .into_iter()
+                    .chain(["data_batch_5.bin", "test_batch.bin"])
+                {
+                    std::fs::write(folder.join(name), [0u8; 3073]).expect("written");
+                }
+                let names = (0..10).map(|i| format!("class{i}\n")).collect::<String>();
+                std::fs::write(folder.join("batches.meta.txt"), names).expect("written");
+                std::fs::write(folder.join("data_batch_1.bin"), [0u8; 5000]).expect("written");
+                data_info(&folder)
+            },
+            code: 2,
+            words: &["data_batch_1.bin", "partial record"],
+        },
         // Model directories.
         Case {
             name: "model directory missing",

@@ -8,5 +8,6 @@ mod crash;
 mod data;
 mod faults;
 mod hostile;
+mod hub;
 mod lifecycle;
 mod train;

@@ -173,10 +173,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// `--val`/`--seed` must agree with. Without a run.json both flags are needed.
 fn validation_holdout(args: &EvalArgs, model_dir: &Path) -> anyhow::Result<Holdout> {
     let run = [model_dir, model_dir.parent().unwrap_or(Path::new(""))]
-    .into_iter()
-    .find(|dir| dir.join(RUN_JSON).is_file())
-    .map(|dir| RunConfig::load(dir).map(|run| (dir.join(RUN_JSON), run)))
-    .transpose()?;
+        .into_iter()
+        .find(|dir| dir.join(RUN_JSON).is_file())
+        .map(|dir| RunConfig::load(dir).map(|run| (dir.join(RUN_JSON), run)))
+        .transpose()?;
     let Some((path, run)) = run else {
         return match (args.val, args.seed) {
             (Some(size), Some(seed)) => Ok(Holdout { size, seed }),

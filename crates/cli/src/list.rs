@@ -96,7 +96,10 @@ fn print_tags(tags: &[&PretrainedTag], json: bool) -> anyhow::Result<()> {
                 Ok(v)
             })
             .collect::<serde_json::Result<_>>()?;
-        println!("{}", serde_json::to_string_pretty(&serde_json::Value::Array(json))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(json))?
+        );
         return Ok(());
     }
     if tags.is_empty() {

@@ -33,7 +33,12 @@ fn tiny_model_files() -> Result<Vec<(&'static str, Vec<u8>)>, Box<dyn std::error
 
 /// `nin ARGS` with the Hub settings of a user: a private HF_HOME, the mock's endpoint, and
 /// `extra` variables; nothing else of the Hub's environment leaks in.
-fn nin_hub(args: &[&str], home: &Path, endpoint: &str, extra: &[(&str, &str)]) -> std::io::Result<Output> {
+fn nin_hub(
+    args: &[&str],
+    home: &Path,
+    endpoint: &str,
+    extra: &[(&str, &str)],
+) -> std::io::Result<Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nin"));
     cmd.args(args)
         .env_remove("NIN_DATA_DIR")
@@ -58,7 +63,9 @@ fn text(out: &Output) -> String {
 }
 
 fn write_image(path: &Path) -> TestResult {
-    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]));
+    let img = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    });
     img.save(path)?;
     Ok(())
 }
@@ -72,12 +79,21 @@ fn predict_downloads_from_the_hub_then_works_offline_with_the_server_stopped() -
     let hub = MockHub::start(vec![MockRepo::new(REPO, &tiny_model_files()?)]);
     let spec = format!("hf-hub:{REPO}");
     let image = image.display().to_string();
-    let args = ["predict", "--model", &spec, &image, "--json", "--threads", "1"];
+    let args = [
+        "predict",
+        "--model",
+        &spec,
+        &image,
+        "--json",
+        "--threads",
+        "1",
+    ];
+    let with_flag: Vec<&str> = args.iter().copied().chain(["--offline"]).collect();
     let first = nin_hub(&args, &home, &hub.url, &[("HF_TOKEN", secret)])?;
     assert!(first.status.success(), "{}", text(&first));
     assert!(!text(&first).contains(secret), "{}", text(&first));
     assert!(
-        String::from_utf8_lossy(&first.stderr).contains(&format!("downloading model.safetensors")),
+        String::from_utf8_lossy(&first.stderr).contains("downloading model.safetensors"),
         "{}",
         text(&first)
     );
@@ -88,20 +104,30 @@ fn predict_downloads_from_the_hub_then_works_offline_with_the_server_stopped() -
     let url = hub.url.clone();
     hub.stop();
 
-    let offline = nin_hub(&args, &home, &url, &[("HF_HUB_OFFLINE", "1"), ("HF_TOKEN", secret)])?;
+    let offline = nin_hub(
+        &args,
+        &home,
+        &url,
+        &[("HF_HUB_OFFLINE", "1"), ("HF_TOKEN", secret)],
+    )?;
     assert!(offline.status.success(), "{}", text(&offline));
-    assert_eq!(offline.stdout, first.stdout, "the same model, from the cache");
+    assert_eq!(
+        offline.stdout, first.stdout,
+        "the same model, from the cache"
+    );
     assert!(!text(&offline).contains("downloading"));
-    let flag = nin_hub(&[&args[..], &["--offline"]].concat(), &home, &url, &[])?;
+    let flag = nin_hub(&with_flag, &home, &url, &[])?;
     assert_eq!(flag.stdout, first.stdout, "{}", text(&flag));
 
     // Offline with an empty cache: exit 2, naming the repository and what is missing.
     let empty = tmp.path().join("empty");
-    let out = nin_hub(&[&args[..], &["--offline"]].concat(), &empty, &url, &[])?;
+    let out = nin_hub(&with_flag, &empty, &url, &[])?;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("hf-hub:{REPO}@main")) && err.contains("offline") && err.contains("cache"),
+        err.contains(&format!("hf-hub:{REPO}@main"))
+            && err.contains("offline")
+            && err.contains("cache"),
         "{err}"
     );
     Ok(())
@@ -171,12 +197,19 @@ fn list_takes_patterns_and_shows_the_pretrained_weights() -> TestResult {
     let tags: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
     for t in &tags {
         let name = t["name"].as_str().ok_or("tag without a name")?;
-        assert!(name.starts_with(&format!("{}.", t["model"].as_str().unwrap_or("?"))), "{t}");
-        assert!(t["top1"].is_number() && t["dataset"].is_string() && t["sources"].is_array(), "{t}");
+        assert!(
+            name.starts_with(&format!("{}.", t["model"].as_str().unwrap_or("?"))),
+            "{t}"
+        );
+        assert!(
+            t["top1"].is_number() && t["dataset"].is_string() && t["sources"].is_array(),
+            "{t}"
+        );
     }
 
     let out = nin(&["list", "resnet*"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no model or pretrained tag matches `resnet*`"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no model or pretrained tag matches `resnet*`"));
     Ok(())
 }

@@ -236,7 +236,13 @@ fn handle_conn(mut stream: TcpStream, requests: &Mutex<Vec<Request>>, state: &Mu
     // /{owner}/{name}/resolve/{revision}/{file}; the revision may be %2F-encoded.
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     if parts.len() != 5 || parts[2] != "resolve" {
-        error(&mut stream, "404 Not Found", "EntryNotFound", "not a resolve URL", head_only);
+        error(
+            &mut stream,
+            "404 Not Found",
+            "EntryNotFound",
+            "not a resolve URL",
+            head_only,
+        );
         return;
     }
     let (id, revision, file) = (
@@ -252,16 +258,34 @@ fn handle_conn(mut stream: TcpStream, requests: &Mutex<Vec<Request>>, state: &Mu
         } else {
             "401 Unauthorized"
         };
-        error(&mut stream, status, "RepoNotFound", "Repository not found", head_only);
+        error(
+            &mut stream,
+            status,
+            "RepoNotFound",
+            "Repository not found",
+            head_only,
+        );
         return;
     };
     if revision != repo.commit && !repo.refs.contains(&revision) {
         let msg = format!("Invalid rev id: {revision}");
-        error(&mut stream, "404 Not Found", "RevisionNotFound", &msg, head_only);
+        error(
+            &mut stream,
+            "404 Not Found",
+            "RevisionNotFound",
+            &msg,
+            head_only,
+        );
         return;
     }
     let Some(f) = repo.files.get(&file) else {
-        error(&mut stream, "404 Not Found", "EntryNotFound", "Entry not found", head_only);
+        error(
+            &mut stream,
+            "404 Not Found",
+            "EntryNotFound",
+            "Entry not found",
+            head_only,
+        );
         return;
     };
     let total = f.body.len();
@@ -293,10 +317,7 @@ fn handle_conn(mut stream: TcpStream, requests: &Mutex<Vec<Request>>, state: &Mu
         .and_then(|s| s.parse::<usize>().ok())
         .map_or(total, |e| (e + 1).min(total));
     let mut headers = vec![
-        (
-            "ETag".to_string(),
-            format!("\"{}\"", sha256_hex(&f.body)),
-        ),
+        ("ETag".to_string(), format!("\"{}\"", sha256_hex(&f.body))),
         ("X-Repo-Commit".to_string(), repo.commit.clone()),
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];

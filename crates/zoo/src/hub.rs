@@ -254,7 +254,8 @@ fn fetch_online(
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| hub_error(repo, Some(CONFIG_JSON), "the cache returned no folder"))?;
-    let config = ModelDirConfig::load(&dir).map_err(|e| hub_error(repo, Some(CONFIG_JSON), e.to_string()))?;
+    let config = ModelDirConfig::load(&dir)
+        .map_err(|e| hub_error(repo, Some(CONFIG_JSON), e.to_string()))?;
     config
         .whitening_path(&dir)
         .map_err(|e| hub_error(repo, Some(CONFIG_JSON), e.to_string()))?;
@@ -362,8 +363,13 @@ impl Fetcher<'_> {
         }
         let is_sha256 = etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit());
         if is_sha256 {
-            let digest = sha256_file(blob)
-                .map_err(|e| hub_error(self.repo, Some(file), format!("reading {}: {e}", blob.display())))?;
+            let digest = sha256_file(blob).map_err(|e| {
+                hub_error(
+                    self.repo,
+                    Some(file),
+                    format!("reading {}: {e}", blob.display()),
+                )
+            })?;
             if !digest.eq_ignore_ascii_case(etag) {
                 remove();
                 return Err(hub_error(
@@ -511,7 +517,10 @@ mod tests {
         let cfg = HubConfig::new("http://127.0.0.1:1/".into(), "/tmp/x".into())
             .with_token(Some("hf_secret_value".into()));
         let shown = format!("{cfg:?}");
-        assert!(!shown.contains("hf_secret_value") && shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains("hf_secret_value") && shown.contains("<redacted>"),
+            "{shown}"
+        );
         assert_eq!(cfg.endpoint, "http://127.0.0.1:1");
         assert!(!HubConfig::new("e".into(), "c".into())
             .with_token(Some("  ".into()))

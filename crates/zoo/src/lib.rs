@@ -35,11 +35,11 @@ mod pretrained;
 mod registry;
 
 pub use error::{Error, Result};
+#[cfg(feature = "hub")]
+pub use hub::{fetch_model, HubConfig, DEFAULT_ENDPOINT};
 #[cfg(feature = "image")]
 pub use image::{decode_rgb_chw, load_rgb_chw};
 pub use inference::{preprocess_of, Classifier, Predictions};
-#[cfg(feature = "hub")]
-pub use hub::{fetch_model, HubConfig, DEFAULT_ENDPOINT};
 pub use model_dir::{load_model_dir, LoadedModel};
 pub use model_spec::{
     env_flag_on, resolve_model_spec, DownloadProgress, HubRepo, ModelSpec, NoProgress,

@@ -98,10 +98,12 @@ impl ModelSpec {
     /// tag is written `./name`), then anything else as a directory path.
     pub fn parse(spec: &str, table: &[PretrainedTag]) -> Result<Self> {
         if let Some(rest) = spec.strip_prefix(HUB_PREFIX) {
-            return HubRepo::parse(rest).map(Self::Hub).map_err(|reason| Error::ModelSpec {
-                spec: spec.to_string(),
-                reason,
-            });
+            return HubRepo::parse(rest)
+                .map(Self::Hub)
+                .map_err(|reason| Error::ModelSpec {
+                    spec: spec.to_string(),
+                    reason,
+                });
         }
         if find_tag(table, spec).is_some() {
             return Ok(Self::Tag(spec.to_string()));
@@ -224,7 +226,9 @@ fn resolve_dir(spec: &str, dir: &Path, table: &[PretrainedTag]) -> Result<Resolv
         })
     };
     if dir.exists() {
-        return bad("not a directory (a model directory holds config.json and model.safetensors)".into());
+        return bad(
+            "not a directory (a model directory holds config.json and model.safetensors)".into(),
+        );
     }
     // A bare name: a preset, an unknown tag of a preset, or a typo.
     let arch = spec.split_once('.').map_or(spec, |(arch, _)| arch);
@@ -358,22 +362,42 @@ mod tests {
     #[test]
     fn hub_ids_and_revisions_are_checked() {
         let ok = HubRepo::parse("nin-zoo/nin_bn.cifar10").unwrap();
-        assert_eq!((ok.id.as_str(), ok.revision.as_str()), ("nin-zoo/nin_bn.cifar10", "main"));
+        assert_eq!(
+            (ok.id.as_str(), ok.revision.as_str()),
+            ("nin-zoo/nin_bn.cifar10", "main")
+        );
         assert_eq!(ok.to_string(), "hf-hub:nin-zoo/nin_bn.cifar10@main");
         let pinned = HubRepo::parse("a/b@refs/pr/1").unwrap();
         assert_eq!(pinned.revision, "refs/pr/1");
         assert!(!pinned.is_commit());
-        assert!(HubRepo::parse("a/b@0123456789abcdef0123456789abcdef01234567")
-            .unwrap()
-            .is_commit());
+        assert!(
+            HubRepo::parse("a/b@0123456789abcdef0123456789abcdef01234567")
+                .unwrap()
+                .is_commit()
+        );
         for bad in [
-            "a", "a/b/c", "/b", "a/", "../b", "a/..", "a/.b", "a b/c", "a/b@", "a/b@../../x",
-            "a/b@x//y", "a/b@x y",
+            "a",
+            "a/b/c",
+            "/b",
+            "a/",
+            "../b",
+            "a/..",
+            "a/.b",
+            "a b/c",
+            "a/b@",
+            "a/b@../../x",
+            "a/b@x//y",
+            "a/b@x y",
         ] {
             assert!(HubRepo::parse(bad).is_err(), "{bad}");
         }
-        let err = ModelSpec::parse("hf-hub:nope", &[]).unwrap_err().to_string();
-        assert!(err.contains("hf-hub:nope") && err.contains("owner/name"), "{err}");
+        let err = ModelSpec::parse("hf-hub:nope", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hf-hub:nope") && err.contains("owner/name"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -413,11 +437,16 @@ mod tests {
             format!("nin_bn.cifar10 ({})", dir.display())
         );
         // Not where the table says, and not on the Hub: every place tried is named.
-        let err = resolve_model_spec("nin_bn.cifar10", &opts(&table, vec![first.clone()]), &mut NoProgress)
-            .unwrap_err()
-            .to_string();
+        let err = resolve_model_spec(
+            "nin_bn.cifar10",
+            &opts(&table, vec![first.clone()]),
+            &mut NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.contains("nin_bn.cifar10") && err.contains(&first.join("nin_bn.cifar10").display().to_string())
+            err.contains("nin_bn.cifar10")
+                && err.contains(&first.join("nin_bn.cifar10").display().to_string())
                 && err.contains("NIN_PRETRAINED_DIR"),
             "{err}"
         );
@@ -438,7 +467,9 @@ mod tests {
             .to_string();
         assert!(
             err.contains("nin_bn.cifar10")
-                && err.contains("hf-hub:nin-zoo/nin_bn.cifar10@0123456789abcdef0123456789abcdef01234567"),
+                && err.contains(
+                    "hf-hub:nin-zoo/nin_bn.cifar10@0123456789abcdef0123456789abcdef01234567"
+                ),
             "{err}"
         );
     }
@@ -463,11 +494,17 @@ mod tests {
         let err = resolve_model_spec("nin_bn.cifar100", &o, &mut NoProgress)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a pretrained tag") && err.contains("nin_bn.cifar10"), "{err}");
+        assert!(
+            err.contains("not a pretrained tag") && err.contains("nin_bn.cifar10"),
+            "{err}"
+        );
         let err = resolve_model_spec("no/such/dir", &o, &mut NoProgress)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no/such/dir") && err.contains("no such directory"), "{err}");
+        assert!(
+            err.contains("no/such/dir") && err.contains("no such directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,7 +53,9 @@ pub static PRETRAINED: &[PretrainedTag] = &[];
 /// The folder of this source checkout holding the repository's pretrained model directories,
 /// `pretrained/` at the workspace root (the path is the one this crate was built from).
 pub fn source_pretrained_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pretrained")
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // crates/zoo → the workspace root.
+    zoo.ancestors().nth(2).unwrap_or(zoo).join("pretrained")
 }
 
 /// The environment variable naming a folder that holds `<tag>/` model directories, searched
@@ -201,8 +203,20 @@ mod tests {
                 "unknown dataset",
             ),
             (PretrainedTag { top5: 70.0, ..good }, "top-5 ≥ top-1"),
-            (PretrainedTag { top1: 101.0, ..good }, "percentages"),
-            (PretrainedTag { command: " ", ..good }, "command is empty"),
+            (
+                PretrainedTag {
+                    top1: 101.0,
+                    ..good
+                },
+                "percentages",
+            ),
+            (
+                PretrainedTag {
+                    command: " ",
+                    ..good
+                },
+                "command is empty",
+            ),
             (
                 PretrainedTag {
                     in_repo: false,

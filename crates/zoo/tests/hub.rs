@@ -72,16 +72,25 @@ fn first_download_then_the_cache_serves_offline_and_with_the_network_down() -> T
     );
     // A second online load checks the Hub's ETags but downloads nothing.
     let again = fetch_model(&cfg, &repo("main"), false, &mut NoProgress)?;
-    assert_eq!((again.dir.clone(), hub.downloads().len()), (first.dir.clone(), 2));
+    assert_eq!(
+        (again.dir.clone(), hub.downloads().len()),
+        (first.dir.clone(), 2)
+    );
 
     hub.stop();
     let offline = fetch_model(&cfg, &repo("main"), true, &mut NoProgress)?;
     assert_eq!(offline, first);
     load_model_dir(&offline.dir, &Device::Cpu)?;
     // The network down: the complete cached copy serves, as in Python's client.
-    assert_eq!(fetch_model(&cfg, &repo("main"), false, &mut NoProgress)?, first);
+    assert_eq!(
+        fetch_model(&cfg, &repo("main"), false, &mut NoProgress)?,
+        first
+    );
     // A commit hash names its snapshot directly.
-    assert_eq!(fetch_model(&cfg, &repo(&commit), true, &mut NoProgress)?, first);
+    assert_eq!(
+        fetch_model(&cfg, &repo(&commit), true, &mut NoProgress)?,
+        first
+    );
     Ok(())
 }
 
@@ -101,8 +110,9 @@ fn offline_or_unreachable_without_a_cached_copy_says_so() -> TestResult {
     );
     let err = fetch_err(&cfg, &repo("main"), false);
     assert!(
-        err.contains(&format!("hf-hub:{REPO}@main: config.json: cannot reach {url}"))
-            && err.contains("no copy is cached"),
+        err.contains(&format!(
+            "hf-hub:{REPO}@main: config.json: cannot reach {url}"
+        )) && err.contains("no copy is cached"),
         "{err}"
     );
     Ok(())
@@ -130,7 +140,9 @@ fn a_missing_repository_revision_or_file_is_named() -> TestResult {
 
     let err = fetch_err(&cfg, &repo("v9"), false);
     assert!(
-        err.contains(&format!("hf-hub:{REPO}@v9: config.json: revision `v9` not found in repository {REPO}")),
+        err.contains(&format!(
+            "hf-hub:{REPO}@v9: config.json: revision `v9` not found in repository {REPO}"
+        )),
         "{err}"
     );
     let err = fetch_err(&cfg, &HubRepo::parse("nin-zoo/no-weights")?, false);
@@ -187,7 +199,9 @@ fn a_truncated_body_is_refused_and_not_left_in_the_cache() -> TestResult {
     let cfg = config(&hub.url, tmp.path());
     let err = fetch_err(&cfg, &repo("main"), false);
     assert!(
-        err.starts_with(&format!("hf-hub:{REPO}@main: model.safetensors: the download is truncated: 1000 of ")),
+        err.starts_with(&format!(
+            "hf-hub:{REPO}@main: model.safetensors: the download is truncated: 1000 of "
+        )),
         "{err}"
     );
     assert!(!weights_cached(tmp.path()));
@@ -208,7 +222,9 @@ fn a_corrupted_body_is_refused_and_not_left_in_the_cache() -> TestResult {
     let cfg = config(&hub.url, tmp.path());
     let err = fetch_err(&cfg, &repo("main"), false);
     assert!(
-        err.starts_with(&format!("hf-hub:{REPO}@main: model.safetensors: the download is corrupted: its SHA-256 is ")),
+        err.starts_with(&format!(
+            "hf-hub:{REPO}@main: model.safetensors: the download is corrupted: its SHA-256 is "
+        )),
         "{err}"
     );
     assert!(!weights_cached(tmp.path()));
@@ -225,7 +241,11 @@ fn the_token_is_sent_with_every_request_and_never_shown() -> TestResult {
     let requests = hub.requests();
     assert!(!requests.is_empty());
     for r in &requests {
-        assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {secret}")), "{r:?}");
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(&*format!("Bearer {secret}")),
+            "{r:?}"
+        );
     }
     for bad in ["nin-zoo/nope", &format!("{REPO}@v9")] {
         let err = fetch_model(&cfg, &HubRepo::parse(bad)?, false, &mut NoProgress)

@@ -14,7 +14,10 @@ use crate::train::{nin, TestResult};
 
 const REPO: &str = "nin-zoo/tiny";
 
-fn tiny_model_files() -> Result<Vec<(&'static str, Vec<u8>)>, Box<dyn std::error::Error>> {
+/// Files of a repository, by name.
+type Files = Vec<(&'static str, Vec<u8>)>;
+
+fn tiny_model_files() -> Result<Files, Box<dyn std::error::Error>> {
     let small = serde_json::json!({"mlpconv1": [16, 16, 16], "mlpconv2": [16, 16, 16], "mlpconv3": [16, 10]});
     let created = nin_zoo::create_model("nin", 10, Some(&small), 5, &Device::Cpu)?;
     let tmp = tempfile::tempdir()?;

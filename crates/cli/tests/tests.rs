@@ -8,6 +8,7 @@ mod crash;
 mod data;
 mod faults;
 mod hostile;
+#[cfg(feature = "hub")]
 mod hub;
 mod lifecycle;
 mod train;

@@ -3,6 +3,7 @@
 //! offline mode, the Hub's 401/404 answers for a missing repository, revision or file, dropped,
 //! truncated and corrupted bodies, and the token: sent, and never shown. No test touches the
 //! internet or `~/.cache`.
+#![cfg(feature = "hub")]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +17,10 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const REPO: &str = "nin-zoo/tiny";
 
 /// `config.json` and `model.safetensors` of a narrow NIN (fast to save, serve and load).
-fn tiny_model_files() -> Result<Vec<(&'static str, Vec<u8>)>, Box<dyn std::error::Error>> {
+/// Files of a repository, by name.
+type Files = Vec<(&'static str, Vec<u8>)>;
+
+fn tiny_model_files() -> Result<Files, Box<dyn std::error::Error>> {
     let small = serde_json::json!({"mlpconv1": [16, 16, 16], "mlpconv2": [16, 16, 16], "mlpconv3": [16, 10]});
     let created = nin_zoo::create_model("nin", 10, Some(&small), 5, &Device::Cpu)?;
     let tmp = tempfile::tempdir()?;

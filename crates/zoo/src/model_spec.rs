@@ -249,7 +249,7 @@ fn resolve_dir(spec: &str, dir: &Path, table: &[PretrainedTag]) -> Result<Resolv
         ));
     }
     bad(
-        "no such directory, and not a pretrained tag (`nin list --pretrained`) or hf-hub:owner/name[@revision]"
+        "not a directory (nothing is there), nor a pretrained tag (`nin list --pretrained`) or hf-hub:owner/name[@revision]"
             .into(),
     )
 }
@@ -502,7 +502,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("no/such/dir") && err.contains("no such directory"),
+            err.contains("no/such/dir") && err.contains("not a directory"),
             "{err}"
         );
     }

@@ -70,6 +70,30 @@ pub struct RunConfig {
     pub checkpoint_every_steps: Option<usize>,
     /// Software versions (`nin-train` is filled in by the engine; the CLI adds its own).
     pub versions: BTreeMap<String, String>,
+    /// The pretrained model the run started from (`nin train --init-from`); `None` for a run
+    /// initialised from its seed. Absent in `run.json` files written before fine-tuning existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// Where a fine-tuned run's initial weights came from (`nin train --init-from`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitFrom {
+    /// The model as the user named it: a model directory, a registry tag or
+    /// `hf-hub:owner/name[@revision]`.
+    pub source: String,
+    /// Where it resolved to: a canonical local path, or the Hub repository and commit.
+    pub origin: String,
+    /// The source's preset name (its `config.json` `model`).
+    pub model: String,
+    /// Names of the tensors copied from the source (name and shape matched), sorted.
+    pub kept: Vec<String>,
+    /// Names of the tensors left at their seeded initialisation, sorted.
+    pub reinitialised: Vec<String>,
+    /// Whether the run reuses the source's GCN + ZCA whitening rather than fitting its own.
+    #[serde(default)]
+    pub whitening_from_source: bool,
 }
 
 impl RunConfig {

@@ -337,11 +337,12 @@ fn model_card(
     let mut s = String::new();
     // Front matter: the Hub reads these keys (library, tags, datasets, license, model-index).
     s.push_str("---\nlibrary_name: nin-zoo\nlicense: apache-2.0\n");
-    let _ = writeln!(
-        s,
-        "tags:\n- image-classification\n- nin-zoo\n- {}\n- {}\n- safetensors",
-        entry.family_name, config.model
-    );
+    s.push_str("tags:\n- image-classification\n- nin-zoo\n");
+    let _ = writeln!(s, "- {}", entry.family_name);
+    if config.model != entry.family_name {
+        let _ = writeln!(s, "- {}", config.model);
+    }
+    s.push_str("- safetensors\n");
     let _ = writeln!(s, "datasets:\n- {hub_dataset}");
     if let Some(m) = &exported.result {
         let _ = writeln!(s, "metrics:\n- accuracy");
@@ -382,7 +383,10 @@ fn model_card(
     let _ = writeln!(s, "| multiply-accumulates per image | {} |", info.macs_per_image);
     let _ = writeln!(s, "| input | {:?}, {} |", config.pretrained_cfg.input_size, match &config.pretrained_cfg.whitening {
         Some(w) => format!("GCN + ZCA whitened (`{w}`)"),
-        None => format!("mean {:?}, std {:?}", config.pretrained_cfg.mean, config.pretrained_cfg.std),
+        None => {
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+            format!("mean ({}), std ({})", list(&config.pretrained_cfg.mean), list(&config.pretrained_cfg.std))
+        }
     });
     let _ = writeln!(s, "\n`model_args`:\n\n```json\n{}\n```\n", config.model_args);
 

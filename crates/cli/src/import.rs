@@ -289,8 +289,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         model_args: created.args.clone(),
         pretrained_cfg: PretrainedCfg {
             input_size: [3, 32, 32],
-            mean: normalize.mean.iter().map(|&m| f64::from(m)).collect(),
-            std: normalize.std.iter().map(|&s| f64::from(s)).collect(),
+            // The published four-digit statistics, not their nearest f32 widened.
+            mean: normalize.mean.iter().map(|&m| shortest(m)).collect(),
+            std: normalize.std.iter().map(|&s| shortest(s)).collect(),
             whitening: None,
             extra: Default::default(),
         },
@@ -313,6 +314,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         num_classes
     );
     Ok(())
+}
+
+/// The f64 that prints as `x` does (0.4914, not 0.49140000343322754).
+fn shortest(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// The class names of `dataset` when the class count is its own, else `class_0`, `class_1`, ….

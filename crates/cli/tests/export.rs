@@ -274,7 +274,7 @@ fn import_lists_and_refuses_what_does_not_fit() -> TestResult {
     let run = nin(&["import", "--pth", &pth, "--model", "nin", "--model-args", &model_args, "--out", &out_str])?;
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("18 missing") && err.contains("`mlpconv1.conv.weight` is missing"), "{err}");
+    assert!(err.contains("18 missing") && err.contains("`mlpconv1.conv.bias` is missing"), "{err}");
     assert!(!out.exists());
 
     // The preset's full widths: every tensor mis-shaped but the first conv's bias … named.

@@ -71,7 +71,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let loaded = nin_zoo::load_model_dir(&exported.model_dir, &Device::Cpu)
         .with_context(|| format!("export: reading {}", exported.model_dir.display()))?;
     let config = loaded.config.clone();
-    let info = loaded.entry.family.info(&config.model, &config.model_args)?;
+    let info = loaded
+        .entry
+        .family
+        .info(&config.model, &config.model_args)?;
 
     let out = &args.out;
     refuse_to_overwrite(out, args.force)?;
@@ -109,7 +112,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         let old = parent.join(format!(
             ".nin-export-old-{}-{}",
             std::process::id(),
-            out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            out.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         std::fs::rename(out, &old)
             .with_context(|| format!("--out {}: moving the old folder aside", out.display()))?;
@@ -117,7 +122,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    std::fs::rename(&tmp, out).with_context(|| format!("--out {}: renaming into place", out.display()))?;
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("--out {}: renaming into place", out.display()))?;
     nin_format::sync_dir(&parent)?;
     if let Some(old) = old {
         std::fs::remove_dir_all(&old)
@@ -176,9 +182,9 @@ fn locate(source: &Path, which: WhichWeights) -> anyhow::Result<Exported> {
         bail!("holds neither {RUN_JSON} (a run folder) nor {CONFIG_JSON} (a model directory)");
     }
     // A run's best/ is a model directory whose run is its parent.
-    let parent_run = source
-        .parent()
-        .filter(|p| source.file_name().is_some_and(|n| n == BEST_DIR) && p.join(RUN_JSON).is_file());
+    let parent_run = source.parent().filter(|p| {
+        source.file_name().is_some_and(|n| n == BEST_DIR) && p.join(RUN_JSON).is_file()
+    });
     if let Some(parent) = parent_run {
         let run = RunConfig::load(parent)?;
         return from_best(source.to_path_buf(), run);
@@ -216,9 +222,12 @@ fn from_best(best: PathBuf, run: RunConfig) -> anyhow::Result<Exported> {
     let split = split_name(&run);
     Ok(Exported {
         model_dir: best,
-        no_result: record
-            .is_none()
-            .then(|| format!("{}/{METRICS_JSONL} has no row for these weights", run_dir.display())),
+        no_result: record.is_none().then(|| {
+            format!(
+                "{}/{METRICS_JSONL} has no row for these weights",
+                run_dir.display()
+            )
+        }),
         result: record.map(|record| Measured { record, split }),
         run: Some(run),
     })
@@ -231,7 +240,11 @@ fn from_run_root(run_dir: &Path, run: RunConfig) -> anyhow::Result<Exported> {
     }
     let state = TrainerState::load(run_dir)?;
     let record = if state.step_in_epoch == 0 && state.epoch > 0 {
-        state.history.iter().find(|r| r.epoch == state.epoch).cloned()
+        state
+            .history
+            .iter()
+            .find(|r| r.epoch == state.epoch)
+            .cloned()
     } else {
         None
     };
@@ -280,7 +293,9 @@ fn sort_header(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         .map(u64::from_le_bytes)
         .context("a safetensors file shorter than its header length")?;
     let len = usize::try_from(len)?;
-    let header = bytes.get(8..8 + len).context("a truncated safetensors header")?;
+    let header = bytes
+        .get(8..8 + len)
+        .context("a truncated safetensors header")?;
     let value: serde_json::Value = serde_json::from_slice(header)?;
     let mut sorted = serde_json::to_vec(&sort_keys(value))?;
     while sorted.len() % 8 != 0 {
@@ -324,12 +339,12 @@ fn model_card(
     repo_id: &str,
 ) -> String {
     let run = exported.run.as_ref();
-    let dataset = run
-        .map(|r| r.data.dataset.to_string())
-        .unwrap_or_else(|| match config.num_classes {
-            100 => "cifar100".to_string(),
-            _ => "cifar10".to_string(),
-        });
+    let dataset =
+        run.map(|r| r.data.dataset.to_string())
+            .unwrap_or_else(|| match config.num_classes {
+                100 => "cifar100".to_string(),
+                _ => "cifar10".to_string(),
+            });
     let hub_dataset = match dataset.as_str() {
         "cifar100" => "uoft-cs/cifar100",
         _ => "uoft-cs/cifar10",
@@ -358,10 +373,16 @@ fn model_card(
         );
         let _ = writeln!(s, "    metrics:");
         if let Some(t1) = m.record.eval_top1 {
-            let _ = writeln!(s, "    - type: accuracy\n      name: top-1 accuracy\n      value: {t1:.2}");
+            let _ = writeln!(
+                s,
+                "    - type: accuracy\n      name: top-1 accuracy\n      value: {t1:.2}"
+            );
         }
         if let Some(t5) = m.record.eval_top5 {
-            let _ = writeln!(s, "    - type: accuracy\n      name: top-5 accuracy\n      value: {t5:.2}");
+            let _ = writeln!(
+                s,
+                "    - type: accuracy\n      name: top-5 accuracy\n      value: {t5:.2}"
+            );
         }
     }
     s.push_str("---\n\n");
@@ -372,36 +393,72 @@ fn model_card(
         "A {} ({}) image classifier for {}×{} {dataset} images, trained with \
          [nin-zoo](https://github.com/nin-zoo/nin-zoo) (Rust, candle). Weights are stored by \
          PyTorch state-dict name and load into the PyTorch reference module with `strict=True`.\n",
-        config.model, entry.summary, config.pretrained_cfg.input_size[1], config.pretrained_cfg.input_size[2]
+        config.model,
+        entry.summary,
+        config.pretrained_cfg.input_size[1],
+        config.pretrained_cfg.input_size[2]
     );
 
     s.push_str("## Architecture\n\n");
     let _ = writeln!(s, "| | |\n| --- | --- |");
-    let _ = writeln!(s, "| preset | `{}` (family `{}`) |", config.model, entry.family_name);
+    let _ = writeln!(
+        s,
+        "| preset | `{}` (family `{}`) |",
+        config.model, entry.family_name
+    );
     let _ = writeln!(s, "| classes | {} |", config.num_classes);
     let _ = writeln!(s, "| parameters | {} |", info.param_count);
-    let _ = writeln!(s, "| multiply-accumulates per image | {} |", info.macs_per_image);
-    let _ = writeln!(s, "| input | {:?}, {} |", config.pretrained_cfg.input_size, match &config.pretrained_cfg.whitening {
-        Some(w) => format!("GCN + ZCA whitened (`{w}`)"),
-        None => {
-            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-            format!("mean ({}), std ({})", list(&config.pretrained_cfg.mean), list(&config.pretrained_cfg.std))
+    let _ = writeln!(
+        s,
+        "| multiply-accumulates per image | {} |",
+        info.macs_per_image
+    );
+    let _ = writeln!(
+        s,
+        "| input | {:?}, {} |",
+        config.pretrained_cfg.input_size,
+        match &config.pretrained_cfg.whitening {
+            Some(w) => format!("GCN + ZCA whitened (`{w}`)"),
+            None => {
+                let list = |v: &[f64]| {
+                    v.iter()
+                        .map(|x| format!("{x:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "mean ({}), std ({})",
+                    list(&config.pretrained_cfg.mean),
+                    list(&config.pretrained_cfg.std)
+                )
+            }
         }
-    });
-    let _ = writeln!(s, "\n`model_args`:\n\n```json\n{}\n```\n", config.model_args);
+    );
+    let _ = writeln!(
+        s,
+        "\n`model_args`:\n\n```json\n{}\n```\n",
+        config.model_args
+    );
 
     s.push_str("## Results\n\n");
     match &exported.result {
         Some(m) => {
             let pct = |v: Option<f64>| v.map(|v| format!("{v:.2} %")).unwrap_or_else(|| "—".into());
-            let _ = writeln!(s, "Measured by the training run after epoch {} on the {}:\n", m.record.epoch, m.split);
+            let _ = writeln!(
+                s,
+                "Measured by the training run after epoch {} on the {}:\n",
+                m.record.epoch, m.split
+            );
             let _ = writeln!(s, "| top-1 | top-5 | loss |\n| --- | --- | --- |");
             let _ = writeln!(
                 s,
                 "| {} | {} | {} |\n",
                 pct(m.record.eval_top1),
                 pct(m.record.eval_top5),
-                m.record.eval_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "—".into())
+                m.record
+                    .eval_loss
+                    .map(|l| format!("{l:.4}"))
+                    .unwrap_or_else(|| "—".into())
             );
         }
         None => {
@@ -427,8 +484,12 @@ fn model_card(
             run.recipe.lr,
             run.seed,
             data.dataset,
-            data.limit_train.map(|n| format!(", the first {n} training images")).unwrap_or_default(),
-            data.val.map(|n| format!(", {n} held out for validation")).unwrap_or_default(),
+            data.limit_train
+                .map(|n| format!(", the first {n} training images"))
+                .unwrap_or_default(),
+            data.val
+                .map(|n| format!(", {n} held out for validation"))
+                .unwrap_or_default(),
         );
         if let Some(init) = &run.init_from {
             let _ = writeln!(
@@ -442,15 +503,34 @@ fn model_card(
                 if init.reinitialised.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", init.reinitialised.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        " ({})",
+                        init.reinitialised
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 },
-                if init.whitening_from_source { "; the source's whitening was reused" } else { "" },
+                if init.whitening_from_source {
+                    "; the source's whitening was reused"
+                } else {
+                    ""
+                },
             );
         }
         let _ = writeln!(s, "The full recipe, as `run.json` records it:\n");
         let recipe = serde_json::to_string_pretty(&run.recipe).unwrap_or_default();
         let _ = writeln!(s, "```json\n{recipe}\n```\n");
-        let _ = writeln!(s, "Versions: {}.\n", run.versions.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            s,
+            "Versions: {}.\n",
+            run.versions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 
     s.push_str("## Use with nin\n\n");

@@ -38,9 +38,10 @@ impl Source {
             config.model_args = nin_zoo::resolve_args(&config.model, config.num_classes, None)
                 .with_context(|| format!("--init-from {spec}: its config.json"))?;
         }
-        let tensors = nin_layers::weights::read_safetensors(&dir.join(MODEL_SAFETENSORS), &Device::Cpu)
-            .with_context(|| format!("--init-from {spec}: reading its weights"))?
-            .tensors;
+        let tensors =
+            nin_layers::weights::read_safetensors(&dir.join(MODEL_SAFETENSORS), &Device::Cpu)
+                .with_context(|| format!("--init-from {spec}: reading its weights"))?
+                .tensors;
         Ok(Self {
             spec: spec.to_string(),
             origin: resolved.origin,

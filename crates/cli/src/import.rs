@@ -69,15 +69,42 @@ impl MapPreset {
             MapPreset::SequentialNin => {
                 // The numbered convolutions of the Sequential, to NIN's mlpconv names.
                 vec![
-                    (r"^(?:module\.)?(?:features|classifier)\.0\.", "mlpconv1.conv."),
-                    (r"^(?:module\.)?(?:features|classifier)\.2\.", "mlpconv1.mlp.0."),
-                    (r"^(?:module\.)?(?:features|classifier)\.4\.", "mlpconv1.mlp.1."),
-                    (r"^(?:module\.)?(?:features|classifier)\.8\.", "mlpconv2.conv."),
-                    (r"^(?:module\.)?(?:features|classifier)\.10\.", "mlpconv2.mlp.0."),
-                    (r"^(?:module\.)?(?:features|classifier)\.12\.", "mlpconv2.mlp.1."),
-                    (r"^(?:module\.)?(?:features|classifier)\.16\.", "mlpconv3.conv."),
-                    (r"^(?:module\.)?(?:features|classifier)\.18\.", "mlpconv3.mlp.0."),
-                    (r"^(?:module\.)?(?:features|classifier)\.20\.", "mlpconv3.mlp.1."),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.0\.",
+                        "mlpconv1.conv.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.2\.",
+                        "mlpconv1.mlp.0.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.4\.",
+                        "mlpconv1.mlp.1.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.8\.",
+                        "mlpconv2.conv.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.10\.",
+                        "mlpconv2.mlp.0.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.12\.",
+                        "mlpconv2.mlp.1.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.16\.",
+                        "mlpconv3.conv.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.18\.",
+                        "mlpconv3.mlp.0.",
+                    ),
+                    (
+                        r"^(?:module\.)?(?:features|classifier)\.20\.",
+                        "mlpconv3.mlp.1.",
+                    ),
                 ]
             }
         }
@@ -132,10 +159,7 @@ impl Listing {
                 eprintln!("  {item}");
             }
         };
-        section(
-            "unmatched (in the file, not used)",
-            self.unmatched.clone(),
-        );
+        section("unmatched (in the file, not used)", self.unmatched.clone());
         if !self.ignored.is_empty() {
             section("ignored (PyTorch's batch counters)", self.ignored.clone());
         }
@@ -144,7 +168,9 @@ impl Listing {
             "mis-shaped",
             self.misshaped
                 .iter()
-                .map(|(n, want, got)| format!("{n}: the model needs {want:?}, the file has {got:?}"))
+                .map(|(n, want, got)| {
+                    format!("{n}: the model needs {want:?}, the file has {got:?}")
+                })
                 .chain(
                     self.not_float
                         .iter()
@@ -187,8 +213,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let num_classes = requested_classes
         .map(|n| n as usize)
         .unwrap_or_else(|| dataset.n_classes(nin_format::LabelKind::Fine));
-    let created = nin_zoo::create_model(&args.model, num_classes, overrides.as_ref(), 0, &Device::Cpu)
-        .with_context(|| format!("--model {}", args.model))?;
+    let created = nin_zoo::create_model(
+        &args.model,
+        num_classes,
+        overrides.as_ref(),
+        0,
+        &Device::Cpu,
+    )
+    .with_context(|| format!("--model {}", args.model))?;
     if let Some(out) = &args.out {
         if !args.dry_run && std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: pick another folder", out.display());
@@ -216,7 +248,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         let mut to = name.clone();
         for rule in &rules {
-            to = rule.regex.replace_all(&to, rule.replacement.as_str()).into_owned();
+            to = rule
+                .regex
+                .replace_all(&to, rule.replacement.as_str())
+                .into_owned();
         }
         if let Some((first, _)) = renamed.get(&to) {
             bail!(
@@ -231,7 +266,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     for (name, var) in &vars {
         match renamed.remove(name) {
             None => listing.missing.push(name.clone()),
-            Some((_, t)) if !t.dtype().is_float() => listing.not_float.push((name.clone(), t.dtype())),
+            Some((_, t)) if !t.dtype().is_float() => {
+                listing.not_float.push((name.clone(), t.dtype()))
+            }
             Some((_, t)) if t.dims() != var.dims() => {
                 listing
                     .misshaped
@@ -250,7 +287,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         eprintln!("dry run: nothing written");
         return Ok(());
     }
-    let out = args.out.as_ref().context("--out DIR is needed (or --dry-run)")?;
+    let out = args
+        .out
+        .as_ref()
+        .context("--out DIR is needed (or --dry-run)")?;
     let problems = listing.missing.len() + listing.misshaped.len() + listing.not_float.len();
     if problems > 0 {
         let first = listing
@@ -336,21 +376,118 @@ fn label_names(dataset: Dataset, num_classes: usize) -> Vec<String> {
 
 /// CIFAR-10's class names, in label order (its `batches.meta.txt`).
 const CIFAR10_LABELS: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 /// CIFAR-100's fine class names, in label order (its `fine_label_names.txt`).
 const CIFAR100_LABELS: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
-    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
-    "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ];

@@ -39,10 +39,31 @@ pub fn read_checkpoint(path: &Path, key: Option<&str>) -> anyhow::Result<Checkpo
             path.display()
         )
     })?;
+    // Storages are read as little-endian; torch.save records the byte order it wrote.
+    let byteorder = zip
+        .file_names()
+        .filter_map(Result::ok)
+        .find(|n| n.ends_with("/byteorder"))
+        .map(|n| n.into_owned());
+    if let Some(name) = byteorder {
+        let mut order = String::new();
+        if let Ok(mut member) = zip.by_name(&name) {
+            let _ = member.by_ref().take(16).read_to_string(&mut order);
+        }
+        if order.trim() == "big" {
+            bail!(
+                "--pth {}: its storages are big-endian; re-save it on a little-endian machine",
+                path.display()
+            );
+        }
+    }
     let (infos, key) = match key {
         Some(k) => {
             let infos = tensor_infos(path, Some(k)).with_context(|| {
-                format!("--pth {} --key {k}: no state dict under that entry", path.display())
+                format!(
+                    "--pth {} --key {k}: no state dict under that entry",
+                    path.display()
+                )
             })?;
             (infos, Some(k.to_string()))
         }
@@ -77,7 +98,11 @@ pub fn read_checkpoint(path: &Path, key: Option<&str>) -> anyhow::Result<Checkpo
         let t = read_tensor(&mut zip, &info)
             .with_context(|| format!("--pth {}: tensor `{}`", path.display(), info.name))?;
         if tensors.insert(info.name.clone(), t).is_some() {
-            bail!("--pth {}: tensor `{}` is stored twice", path.display(), info.name);
+            bail!(
+                "--pth {}: tensor `{}` is stored twice",
+                path.display(),
+                info.name
+            );
         }
     }
     Ok(Checkpoint { tensors, key })
@@ -89,13 +114,14 @@ pub fn read_checkpoint(path: &Path, key: Option<&str>) -> anyhow::Result<Checkpo
 fn tensor_infos(path: &Path, key: Option<&str>) -> anyhow::Result<Vec<TensorInfo>> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| {
-        candle_core::pickle::read_pth_tensor_info(path, false, key)
-    });
+    let result =
+        std::panic::catch_unwind(|| candle_core::pickle::read_pth_tensor_info(path, false, key));
     std::panic::set_hook(hook);
     match result {
         Ok(Ok(infos)) => Ok(infos),
-        Ok(Err(e)) => Err(e).with_context(|| format!("--pth {}: reading its pickle", path.display())),
+        Ok(Err(e)) => {
+            Err(e).with_context(|| format!("--pth {}: reading its pickle", path.display()))
+        }
         Err(_) => bail!(
             "--pth {}: its pickle is damaged or not a PyTorch state dict",
             path.display()
@@ -112,7 +138,10 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
     let layout = &info.layout;
     let fortran = layout.is_fortran_contiguous() && layout.shape().rank() > 1;
     if !layout.is_contiguous() && !fortran {
-        bail!("is a strided view ({:?}); save a .contiguous() copy", layout.stride());
+        bail!(
+            "is a strided view ({:?}); save a .contiguous() copy",
+            layout.stride()
+        );
     }
     let elems = layout.shape().elem_count() as u64;
     let need = (elems)

@@ -49,16 +49,27 @@ fn export_cases() -> Vec<(&'static str, &'static str, serde_json::Value)> {
     vec![
         ("nin_small", "nin", widths.clone()),
         ("nin_bn_small", "nin_bn", widths),
-        ("dcnin_small", "dcnin_s", serde_json::json!({"growth": 4, "units": [1, 1, 1]})),
+        (
+            "dcnin_small",
+            "dcnin_s",
+            serde_json::json!({"growth": 4, "units": [1, 1, 1]}),
+        ),
     ]
 }
 
 /// A model directory of preset `model` whose every tensor is set from a fixed formula (not the
 /// random init, so the fixture does not depend on the generator), batch-norm statistics
 /// included: running variances positive, the rest of every sign.
-fn formula_model(dir: &Path, model: &str, args: &serde_json::Value) -> Result<(), Box<dyn std::error::Error>> {
+fn formula_model(
+    dir: &Path,
+    model: &str,
+    args: &serde_json::Value,
+) -> Result<(), Box<dyn std::error::Error>> {
     let created = nin_zoo::create_model(model, 10, Some(args), 0, &Device::Cpu)?;
-    for (k, (name, var)) in nin_layers::weights::named_vars(&created.varmap).into_iter().enumerate() {
+    for (k, (name, var)) in nin_layers::weights::named_vars(&created.varmap)
+        .into_iter()
+        .enumerate()
+    {
         let dims = var.dims().to_vec();
         let n: usize = dims.iter().product();
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
@@ -134,7 +145,11 @@ fn exported_repositories_are_what_pytorch_loaded_strictly_and_predict_its_logits
             "{name}: tensor names"
         );
         for (k, t) in &got {
-            let diff = (t - &want[k])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (t - &want[k])?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{name}: tensor {k}");
         }
         // The header is sorted and the export deterministic: the very same bytes.
@@ -143,13 +158,17 @@ fn exported_repositories_are_what_pytorch_loaded_strictly_and_predict_its_logits
             std::fs::read(committed.join("model.safetensors"))?,
             "{name}: model.safetensors bytes"
         );
-        let meta = nin_layers::weights::read_safetensors(&repo.join("model.safetensors"), &Device::Cpu)?.metadata;
+        let meta =
+            nin_layers::weights::read_safetensors(&repo.join("model.safetensors"), &Device::Cpu)?
+                .metadata;
         assert_eq!(meta["format"], "pt");
         assert_eq!(meta["arch"], model);
         assert_eq!(meta["num_classes"], "10");
 
         // nin-zoo's classifier on the committed repository gives PyTorch's logits.
-        let golden = golden.as_ref().ok_or("testdata/export_golden.json is missing")?;
+        let golden = golden
+            .as_ref()
+            .ok_or("testdata/export_golden.json is missing")?;
         let want = golden_logits(&golden["models"][name]["logits"])?;
         let n = want.dim(0)?;
         let got = zoo_logits(&committed, n)?;
@@ -169,7 +188,14 @@ fn export_writes_a_model_card_and_refuses_to_overwrite() -> TestResult {
     let src_str = src.display().to_string();
     let repo = tmp.path().join("repo");
     let repo_str = repo.display().to_string();
-    nin_ok(&["export", &src_str, "--out", &repo_str, "--repo-id", "alice/nin-small"])?;
+    nin_ok(&[
+        "export",
+        &src_str,
+        "--out",
+        &repo_str,
+        "--repo-id",
+        "alice/nin-small",
+    ])?;
     let card = std::fs::read_to_string(repo.join("README.md"))?;
     for words in [
         "library_name: nin-zoo",
@@ -186,7 +212,10 @@ fn export_writes_a_model_card_and_refuses_to_overwrite() -> TestResult {
     let out = nin(&["export", &src_str, "--out", &repo_str])?;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not empty") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("is not empty") && err.contains("--force"),
+        "{err}"
+    );
     nin_ok(&["export", &src_str, "--out", &repo_str, "--force"])?;
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())?
         .filter_map(|e| e.ok())
@@ -228,7 +257,10 @@ fn a_sequential_pytorch_nin_imports_and_predicts_pytorchs_logits() -> TestResult
         let run = nin_ok(&import_args(&pth, &out_str, &model_args))?;
         let log = String::from_utf8_lossy(&run.stderr);
         assert!(log.contains("kept: 18 tensors"), "{log}");
-        assert!(log.contains("missing (needed, not in the file): 0"), "{log}");
+        assert!(
+            log.contains("missing (needed, not in the file): 0"),
+            "{log}"
+        );
         let got = zoo_logits(&out, want.dim(0)?)?;
         let err = nin_testkit::rel_err(&got, &want);
         eprintln!("{file}: logits relative error against PyTorch {err:.2e}");
@@ -240,12 +272,24 @@ fn a_sequential_pytorch_nin_imports_and_predicts_pytorchs_logits() -> TestResult
     }
     // The nested checkpoint (under `state_dict`, names prefixed `module.`) holds the same tensors.
     let nested_log = nin_ok(&[
-        "import", "--pth", &testdata().join("seq_nin_nested.pth").display().to_string(),
-        "--model", "nin", "--model-args", &model_args, "--map-preset", "sequential_nin", "--dry-run",
+        "import",
+        "--pth",
+        &testdata().join("seq_nin_nested.pth").display().to_string(),
+        "--model",
+        "nin",
+        "--model-args",
+        &model_args,
+        "--map-preset",
+        "sequential_nin",
+        "--dry-run",
     ])?;
     assert!(String::from_utf8_lossy(&nested_log.stderr).contains("under `state_dict`"));
     for (k, t) in &imported[0] {
-        let diff = (t - &imported[1][k])?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (t - &imported[1][k])?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert_eq!(diff, 0.0, "{k}");
     }
     Ok(())
@@ -262,26 +306,59 @@ fn import_lists_and_refuses_what_does_not_fit() -> TestResult {
     let out_str = out.display().to_string();
 
     // Without the mapping nothing matches: the dry run lists it and writes nothing.
-    let run = nin_ok(&["import", "--pth", &pth, "--model", "nin", "--model-args", &model_args, "--dry-run", "--out", &out_str])?;
+    let run = nin_ok(&[
+        "import",
+        "--pth",
+        &pth,
+        "--model",
+        "nin",
+        "--model-args",
+        &model_args,
+        "--dry-run",
+        "--out",
+        &out_str,
+    ])?;
     let log = String::from_utf8_lossy(&run.stderr);
-    assert!(log.contains("unmatched (in the file, not used): 18"), "{log}");
+    assert!(
+        log.contains("unmatched (in the file, not used): 18"),
+        "{log}"
+    );
     assert!(log.contains("  features.0.weight"), "{log}");
-    assert!(log.contains("missing (needed, not in the file): 18"), "{log}");
+    assert!(
+        log.contains("missing (needed, not in the file): 18"),
+        "{log}"
+    );
     assert!(log.contains("  mlpconv1.conv.weight"), "{log}");
     assert!(!out.exists(), "a dry run writes nothing");
 
     // A real import refuses, naming a missing tensor.
-    let run = nin(&["import", "--pth", &pth, "--model", "nin", "--model-args", &model_args, "--out", &out_str])?;
+    let run = nin(&[
+        "import",
+        "--pth",
+        &pth,
+        "--model",
+        "nin",
+        "--model-args",
+        &model_args,
+        "--out",
+        &out_str,
+    ])?;
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("18 missing") && err.contains("`mlpconv1.conv.bias` is missing"), "{err}");
+    assert!(
+        err.contains("18 missing") && err.contains("`mlpconv1.conv.bias` is missing"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     // The preset's full widths: every tensor mis-shaped but the first conv's bias … named.
     let run = nin(&import_args(&pth, &out_str, "{}"))?;
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("mis-shaped") && err.contains("the model needs [192, 3, 5, 5]"), "{err}");
+    assert!(
+        err.contains("mis-shaped") && err.contains("the model needs [192, 3, 5, 5]"),
+        "{err}"
+    );
     assert!(!out.exists());
     Ok(())
 }

@@ -144,7 +144,14 @@ fn fixture_pth() -> PathBuf {
 
 /// `nin import --pth PATH --model nin --dry-run` plus `extra`.
 fn import(path: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = strings(&["import", "--pth", &path.display().to_string(), "--model", "nin", "--dry-run"]);
+    let mut args = strings(&[
+        "import",
+        "--pth",
+        &path.display().to_string(),
+        "--model",
+        "nin",
+        "--dry-run",
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -663,7 +670,13 @@ fn cases() -> Vec<Case> {
         // Fine-tuning, export and import.
         Case {
             name: "train --init-from a folder that does not exist",
-            setup: |d| strings(&["train", "--init-from", &d.join("nope").display().to_string()]),
+            setup: |d| {
+                strings(&[
+                    "train",
+                    "--init-from",
+                    &d.join("nope").display().to_string(),
+                ])
+            },
             code: 2,
             words: &["--init-from", "nope", "not a model directory"],
         },
@@ -679,7 +692,12 @@ fn cases() -> Vec<Case> {
         Case {
             name: "export of a folder that is neither a run nor a model",
             setup: |d| {
-                strings(&["export", &d.display().to_string(), "--out", &d.join("repo").display().to_string()])
+                strings(&[
+                    "export",
+                    &d.display().to_string(),
+                    "--out",
+                    &d.join("repo").display().to_string(),
+                ])
             },
             code: 2,
             words: &["holds neither run.json", "config.json"],
@@ -720,6 +738,34 @@ fn cases() -> Vec<Case> {
             },
             code: 2,
             words: &["garbage.pth"],
+        },
+        Case {
+            name: "import of a checkpoint whose storage is shorter than its tensor",
+            setup: |d| {
+                // The fixture re-zipped with one storage cut in half.
+                let path = d.join("short.pth");
+                let mut src =
+                    zip::ZipArchive::new(std::fs::File::open(fixture_pth()).expect("fixture"))
+                        .expect("zip");
+                let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).expect("created"));
+                let stored = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored);
+                for i in 0..src.len() {
+                    let mut member = src.by_index(i).expect("member");
+                    let name = member.name().expect("member name").into_owned();
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut member, &mut bytes).expect("read");
+                    if name.ends_with("/data/0") {
+                        bytes.truncate(bytes.len() / 2);
+                    }
+                    zip.start_file(name, stored).expect("member");
+                    std::io::Write::write_all(&mut zip, &bytes).expect("written");
+                }
+                zip.finish().expect("zip");
+                import(&path, &[])
+            },
+            code: 2,
+            words: &["short.pth", "bytes of storage"],
         },
         Case {
             name: "import --key naming no entry",

@@ -113,3 +113,62 @@ impl RunConfig {
         read_json(&run_dir.join(RUN_JSON))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    fn run() -> RunConfig {
+        RunConfig {
+            recipe: Recipe::cpu_quick(),
+            model: ModelSpec {
+                name: "nin".into(),
+                num_classes: 100,
+                model_args: serde_json::json!({"num_classes": 100}),
+            },
+            pretrained_cfg: PretrainedCfg {
+                input_size: [3, 32, 32],
+                mean: vec![0.5; 3],
+                std: vec![0.25; 3],
+                whitening: None,
+                extra: Default::default(),
+            },
+            label_names: Vec::new(),
+            data: DataSpec {
+                dataset: Dataset::Cifar100,
+                data: None,
+                limit_train: None,
+                limit_eval: None,
+                val: None,
+                eval_split: Split::Test,
+            },
+            seed: 0,
+            threads: 1,
+            device: "cpu".into(),
+            checkpoint_every_steps: None,
+            versions: BTreeMap::new(),
+            init_from: None,
+        }
+    }
+
+    #[test]
+    fn run_json_without_init_from_still_reads_and_a_fine_tuned_one_round_trips() {
+        let plain = serde_json::to_value(run()).unwrap();
+        assert!(plain.get("init_from").is_none(), "not written when absent");
+        let back: RunConfig = serde_json::from_value(plain).unwrap();
+        assert_eq!(back.init_from, None);
+
+        let mut tuned = run();
+        tuned.init_from = Some(InitFrom {
+            source: "runs/nin_cifar10_s0/best".into(),
+            origin: "/home/me/runs/nin_cifar10_s0/best".into(),
+            model: "nin".into(),
+            kept: vec!["mlpconv1.conv.weight".into()],
+            reinitialised: vec!["mlpconv3.mlp.1.weight".into()],
+            whitening_from_source: false,
+        });
+        let text = serde_json::to_string(&tuned).unwrap();
+        assert_eq!(serde_json::from_str::<RunConfig>(&text).unwrap(), tuned);
+    }
+}

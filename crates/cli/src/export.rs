@@ -319,6 +319,35 @@ fn sort_keys(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// The `nin train` command line that reproduces `run` (the recipe by name; a run from a recipe
+/// file needs that file, whose content the card lists).
+fn train_command(run: &RunConfig) -> String {
+    let mut cmd = format!(
+        "nin train --model {} --model-args '{}' --dataset {} --recipe {} --epochs {} --batch-size {} --lr {} --seed {}",
+        run.model.name,
+        run.model.model_args,
+        run.data.dataset,
+        run.recipe.name,
+        run.recipe.epochs,
+        run.recipe.batch_size,
+        run.recipe.lr,
+        run.seed
+    );
+    if let Some(init) = &run.init_from {
+        cmd.push_str(&format!(" --init-from {}", init.source));
+    }
+    for (flag, value) in [
+        ("--limit-train", run.data.limit_train),
+        ("--limit-eval", run.data.limit_eval),
+        ("--val", run.data.val),
+    ] {
+        if let Some(n) = value {
+            cmd.push_str(&format!(" {flag} {n}"));
+        }
+    }
+    cmd
+}
+
 /// The PyTorch reference module of a family: the golden-fixture script that defines it and the
 /// class name (each takes the `model_args` dict).
 fn reference_module(family: &str) -> (&'static str, &'static str) {
@@ -519,6 +548,11 @@ fn model_card(
                 },
             );
         }
+        let _ = writeln!(
+            s,
+            "To train it again:\n\n```sh\n{}\n```\n",
+            train_command(run)
+        );
         let _ = writeln!(s, "The full recipe, as `run.json` records it:\n");
         let recipe = serde_json::to_string_pretty(&run.recipe).unwrap_or_default();
         let _ = writeln!(s, "```json\n{recipe}\n```\n");

@@ -4,11 +4,13 @@
 
 use std::io::IsTerminal;
 
+pub use nin_zoo::ResolvedModel;
+
 /// Resolves `spec` to a local model directory and a description of its origin for `run.json`
 /// and model cards. `offline` (or `HF_HUB_OFFLINE=1`) reads Hub models from the cache only.
 /// The Hub's settings come from the environment (`HF_ENDPOINT`, `HF_HOME`/`HF_HUB_CACHE`,
 /// `HF_TOKEN`). Errors name `spec` (and, for the Hub, the repository and file).
-pub fn resolve_model(spec: &str, offline: bool) -> anyhow::Result<nin_zoo::ResolvedModel> {
+pub fn resolve_model(spec: &str, offline: bool) -> anyhow::Result<ResolvedModel> {
     let opts = nin_zoo::ResolveOptions::from_env(offline)?;
     let mut bar = HubDownloadBar::default();
     Ok(nin_zoo::resolve_model_spec(spec, &opts, &mut bar)?)

@@ -6,7 +6,9 @@ mod bench;
 #[cfg(unix)]
 mod crash;
 mod data;
+mod export;
 mod faults;
+mod finetune;
 mod hostile;
 #[cfg(feature = "hub")]
 mod hub;

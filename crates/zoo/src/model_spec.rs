@@ -215,7 +215,7 @@ fn resolve_dir(spec: &str, dir: &Path, table: &[PretrainedTag]) -> Result<Resolv
     if dir.is_dir() {
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         return Ok(ResolvedModel {
-            dir: dir.to_path_buf(),
+            dir: canonical.clone(),
             origin: canonical.display().to_string(),
         });
     }
@@ -227,7 +227,7 @@ fn resolve_dir(spec: &str, dir: &Path, table: &[PretrainedTag]) -> Result<Resolv
     };
     if dir.exists() {
         return bad(
-            "not a directory (a model directory holds config.json and model.safetensors)".into(),
+            "not a model directory: a file, not a directory (a model directory holds config.json and model.safetensors)".into(),
         );
     }
     // A bare name: a preset, an unknown tag of a preset, or a typo.
@@ -249,7 +249,7 @@ fn resolve_dir(spec: &str, dir: &Path, table: &[PretrainedTag]) -> Result<Resolv
         ));
     }
     bad(
-        "not a directory (nothing is there), nor a pretrained tag (`nin list --pretrained`) or hf-hub:owner/name[@revision]"
+        "not a model directory: nothing is there (not a directory), and it is neither a pretrained tag (`nin list --pretrained`) nor hf-hub:owner/name[@revision]"
             .into(),
     )
 }

@@ -14,13 +14,18 @@ use crate::common::{
     dataset_for_classes, load_dataset, parse_device, positive, set_threads, LoaderSource,
 };
 use crate::data::DatasetArg;
+use crate::model_arg::resolve_model;
 
 /// Arguments of `nin eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model directory (config.json + model.safetensors), e.g. a run folder or its best/.
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    /// The model: a model directory (config.json + model.safetensors, e.g. a run folder or its
+    /// best/), a pretrained tag (`nin list --pretrained`), or hf-hub:owner/name[@revision].
+    #[arg(long, value_name = "MODEL")]
+    model: String,
+    /// Read Hub models from the local cache only, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// Dataset (default: CIFAR-10 for 10-class models, CIFAR-100 for 100-class ones).
     #[arg(long, value_enum)]
     dataset: Option<DatasetArg>,
@@ -64,8 +69,9 @@ enum SplitArg {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let device = parse_device(&args.device)?;
-    let classifier = Classifier::load(&args.model, &device)
-        .with_context(|| format!("--model {}", args.model.display()))?;
+    let model = resolve_model(&args.model, args.offline)?;
+    let classifier = Classifier::load(&model.dir, &device)
+        .with_context(|| format!("--model {}", model.origin))?;
     let cfg = classifier.config();
     let dataset = match args.dataset {
         Some(d) => Dataset::from(d),
@@ -73,13 +79,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let (split, holdout) = match args.split {
         SplitArg::Test => (Split::Test, None),
-        SplitArg::Val => (Split::Val, Some(validation_holdout(&args)?)),
+        SplitArg::Val => (Split::Val, Some(validation_holdout(&args, &model.dir)?)),
     };
     let cifar = load_dataset(dataset, args.data.as_deref(), LabelKind::Fine)?;
     if cifar.train.n_classes != cfg.num_classes {
         anyhow::bail!(
             "--model {} has {} classes but {dataset} has {}",
-            args.model.display(),
+            model.origin,
             cfg.num_classes,
             cifar.train.n_classes
         );
@@ -99,7 +105,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if !(report.loss.is_finite() && report.top1.is_finite()) {
         anyhow::bail!(
             "--model {}: the model's outputs are not finite (loss {}): its weights or whitening are damaged",
-            args.model.display(),
+            model.origin,
             report.loss
         );
     }
@@ -116,7 +122,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .map(|(n, a)| serde_json::json!({"label": n, "top1": a}))
             .collect();
         let json = serde_json::json!({
-            "model": args.model, "dataset": dataset.to_string(), "split": format!("{split:?}").to_lowercase(),
+            "model": model.origin, "dataset": dataset.to_string(), "split": format!("{split:?}").to_lowercase(),
             "images": n_images, "loss": report.loss, "top1": report.top1, "top5": report.top5,
             "per_class": per_class, "confusion": confusion, "labels": names,
         });
@@ -165,21 +171,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// The validation hold-out of the run that trained `--model`: its size and seed from the run's
 /// `run.json` (in the model directory, or one folder up for a run's `best/`), which explicit
 /// `--val`/`--seed` must agree with. Without a run.json both flags are needed.
-fn validation_holdout(args: &EvalArgs) -> anyhow::Result<Holdout> {
-    let run = [
-        args.model.as_path(),
-        args.model.parent().unwrap_or(Path::new("")),
-    ]
-    .into_iter()
-    .find(|dir| dir.join(RUN_JSON).is_file())
-    .map(|dir| RunConfig::load(dir).map(|run| (dir.join(RUN_JSON), run)))
-    .transpose()?;
+fn validation_holdout(args: &EvalArgs, model_dir: &Path) -> anyhow::Result<Holdout> {
+    let run = [model_dir, model_dir.parent().unwrap_or(Path::new(""))]
+        .into_iter()
+        .find(|dir| dir.join(RUN_JSON).is_file())
+        .map(|dir| RunConfig::load(dir).map(|run| (dir.join(RUN_JSON), run)))
+        .transpose()?;
     let Some((path, run)) = run else {
         return match (args.val, args.seed) {
             (Some(size), Some(seed)) => Ok(Holdout { size, seed }),
             _ => anyhow::bail!(
                 "--split val: {} has no run.json (nor has its parent folder) to read the validation hold-out from; pass --val N --seed S as given to `nin train`",
-                args.model.display()
+                model_dir.display()
             ),
         };
     };

@@ -34,11 +34,11 @@ struct Cli {
 enum Command {
     /// Train a zoo model on CIFAR-10/100 (resumable; writes a run folder).
     Train(train::TrainArgs),
-    /// Accuracy of a trained model directory on a CIFAR split.
+    /// Accuracy of a trained model (directory, pretrained tag or hf-hub:) on a CIFAR split.
     Eval(eval::EvalArgs),
-    /// Classify PNG/JPEG images with a trained model directory.
+    /// Classify PNG/JPEG images with a trained model (directory, pretrained tag or hf-hub:).
     Predict(predict::PredictArgs),
-    /// The zoo's models with parameter counts and cost.
+    /// The zoo's models with parameter counts and cost, and the pretrained weights.
     List(list::ListArgs),
     /// Download, verify and describe the CIFAR datasets.
     Data(data::DataArgs),

@@ -7,13 +7,18 @@ use clap::Args;
 use nin_zoo::Classifier;
 
 use crate::common::{parse_device, set_threads};
+use crate::model_arg::resolve_model;
 
 /// Arguments of `nin predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Model directory (config.json + model.safetensors), e.g. a run folder or its best/.
-    #[arg(long, value_name = "DIR")]
-    model: PathBuf,
+    /// The model: a model directory (config.json + model.safetensors, e.g. a run folder or its
+    /// best/), a pretrained tag (`nin list --pretrained`), or hf-hub:owner/name[@revision].
+    #[arg(long, value_name = "MODEL")]
+    model: String,
+    /// Read Hub models from the local cache only, never the network (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// PNG or JPEG files, any size: each is stretched (not cropped) to the model's 32×32 input
     /// with a triangle (bilinear) filter, then normalised as the model's config says.
     #[arg(required = true, value_name = "IMAGE")]
@@ -39,8 +44,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         anyhow::bail!("--top-k: expected at least 1, got 0");
     }
     let device = parse_device(&args.device)?;
-    let classifier = Classifier::load(&args.model, &device)
-        .with_context(|| format!("--model {}", args.model.display()))?;
+    let model = resolve_model(&args.model, args.offline)?;
+    let classifier = Classifier::load(&model.dir, &device)
+        .with_context(|| format!("--model {}", model.origin))?;
     let mut pixels = Vec::new();
     for path in &args.images {
         pixels.extend(classifier.load_image(path)?);

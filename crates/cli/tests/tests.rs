@@ -10,5 +10,7 @@ mod export;
 mod faults;
 mod finetune;
 mod hostile;
+#[cfg(feature = "hub")]
+mod hub;
 mod lifecycle;
 mod train;

@@ -1,5 +1,5 @@
 //! The zoo's error type: unknown names, bad model arguments, unreadable model directories and
-//! images, non-finite answers.
+//! images, non-finite answers, model specifications that name nothing, and Hub failures.
 
 use std::path::PathBuf;
 
@@ -65,6 +65,25 @@ pub enum Error {
         dir: PathBuf,
         /// Which outputs.
         what: &'static str,
+    },
+    /// A model specification (directory, pretrained tag or `hf-hub:` id) names no model.
+    #[error("model `{spec}`: {reason}")]
+    ModelSpec {
+        /// What the user passed.
+        spec: String,
+        /// What is wrong, and what would work.
+        reason: String,
+    },
+    /// Fetching a model from the Hugging Face Hub (or its cache) failed. The message names the
+    /// repository, the revision and the file; it never holds the access token.
+    #[error("{repo}: {}{reason}", file.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Hub {
+        /// `hf-hub:owner/name@revision`.
+        repo: String,
+        /// The file, when the failure concerns one.
+        file: Option<String>,
+        /// What went wrong, and what to do about it.
+        reason: String,
     },
     /// An error from candle.
     #[error(transparent)]

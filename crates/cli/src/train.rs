@@ -88,7 +88,8 @@ pub struct TrainArgs {
     /// No progress bar (one line per epoch only).
     #[arg(long)]
     quiet: bool,
-    /// Start from a pretrained model (a model directory): every tensor whose name and shape
+    /// Start from a pretrained model (a model directory, a pretrained tag such as
+    /// `nin.cifar10`, or `hf-hub:owner/name[@revision]`): every tensor whose name and shape
     /// match is copied, the rest (e.g. a new class layer) keep their seeded initialisation.
     /// Without --model, the source's architecture is trained with the dataset's class count.
     #[arg(long, value_name = "MODEL")]

@@ -435,7 +435,7 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
     let width = plan.runs.iter().map(|r| r.id.len()).max().unwrap_or(2);
     println!(
         "{:<width$}  {:>6} {:>7} {:>6} {:>11} {:>10}  recipe changes",
-        "run", "epochs", "images", "batch", "PMACs (fwd)", "est. time"
+        "run", "epochs", "images", "batch", "MACs (fwd)", "est. time"
     );
     let (mut total_macs, mut total_s, mut unknown) = (0.0, 0.0, 0usize);
     for run in &plan.runs {
@@ -472,7 +472,7 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
             epochs,
             images,
             run.recipe.batch_size,
-            macs.map_or("?".into(), |m| format!("{:.3}", m / 1e15)),
+            macs.map_or("?".into(), si_macs),
             seconds.map_or("?".into(), human_time),
             if run.overrides.is_empty() {
                 run.recipe.name.clone()
@@ -482,8 +482,8 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
         );
     }
     println!(
-        "total: {:.3} PMACs of forward passes (training costs about 3× that)",
-        total_macs / 1e15
+        "total: {} MACs of forward passes (training costs about 3× that)",
+        si_macs(total_macs)
     );
     match bench {
         Some(b) => println!(
@@ -495,6 +495,16 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
         None => println!("no nin bench figures (--bench CSV): no time estimate"),
     }
     Ok(())
+}
+
+/// 1.2 T, 340 G: multiply-accumulate counts.
+fn si_macs(m: f64) -> String {
+    for (scale, unit) in [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")] {
+        if m >= scale {
+            return format!("{:.1} {unit}", m / scale);
+        }
+    }
+    format!("{m:.0}")
 }
 
 fn human_time(s: f64) -> String {

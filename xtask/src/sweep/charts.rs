@@ -140,6 +140,44 @@ pub fn draw_all(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<String>> {
     Ok(drawn)
 }
 
+/// Splits off a legend panel on the right (so the legend never hides a point) and draws one
+/// entry per family in it; returns the plotting area.
+fn with_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    families: &[String],
+    line: bool,
+) -> anyhow::Result<DrawingArea<DB, Shift>>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    let (plot, legend) = root.split_horizontally(SIZE.0 - 130);
+    legend
+        .draw(&Text::new("family", (10, 60), ("sans-serif", 16).into_font().color(&BLACK)))
+        .map_err(err)?;
+    for (i, family) in families.iter().enumerate() {
+        let colour = colour_of(families, family);
+        let y = 90 + 26 * i as i32;
+        if line {
+            legend
+                .draw(&PathElement::new(vec![(8, y), (30, y)], colour.stroke_width(3)))
+                .map_err(err)?;
+        } else {
+            legend
+                .draw(&Circle::new((19, y), 6, colour.filled()))
+                .map_err(err)?;
+        }
+        legend
+            .draw(&Text::new(
+                family.clone(),
+                (38, y - 8),
+                ("sans-serif", 15).into_font().color(&BLACK),
+            ))
+            .map_err(err)?;
+    }
+    Ok(plot)
+}
+
 fn colour_of(families: &[String], family: &str) -> RGBColor {
     let i = families.iter().position(|f| f == family).unwrap_or(0);
     FAMILY_COLOURS[i % FAMILY_COLOURS.len()]
@@ -185,11 +223,12 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     root.fill(&WHITE).map_err(err)?;
+    let plot = with_legend(&root, families, false)?;
     // A log axis as a linear axis over log10(x), labelled with the values themselves.
     let tx = |x: f64| if log_x { x.max(1e-12).log10() } else { x };
     let (x0, x1) = padded(points.iter().map(|p| tx(p.x)), 0.12);
     let (y0, y1) = padded(points.iter().map(|p| p.y), 0.12);
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(50)
@@ -204,6 +243,8 @@ where
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 14))
+        .bold_line_style(RGBColor(200, 200, 200))
+        .light_line_style(RGBColor(240, 240, 240))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
@@ -218,27 +259,18 @@ where
                 mine.iter()
                     .map(|p| Circle::new((tx(p.x), p.y), 6, colour.filled())),
             )
-            .map_err(err)?
-            .label(family.as_str())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 6, colour.filled()));
+            .map_err(err)?;
         chart
             .draw_series(mine.iter().map(|p| {
-                Text::new(
-                    p.label.clone(),
-                    (tx(p.x), p.y),
-                    ("sans-serif", 13).into_font().color(&BLACK),
-                )
+                EmptyElement::at((tx(p.x), p.y))
+                    + Text::new(
+                        p.label.clone(),
+                        (9, -16),
+                        ("sans-serif", 13).into_font().color(&BLACK),
+                    )
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -253,6 +285,7 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     root.fill(&WHITE).map_err(err)?;
+    let plot = with_legend(&root, families, true)?;
     let max_epoch = rows
         .iter()
         .flat_map(|r| r.curve.iter().map(|c| c.0))
@@ -260,7 +293,7 @@ where
         .unwrap_or(1);
     let (y0, y1) = padded(rows.iter().flat_map(|r| r.curve.iter().map(|c| c.1)), 0.1);
     let (x0, x1) = if max_epoch <= 1 { (0.5, 1.5) } else { (1.0, max_epoch as f64) };
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&plot)
         .caption("Learning curves: test top-1 per epoch", ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(50)
@@ -271,45 +304,44 @@ where
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("test top-1 (%)")
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_labels((max_epoch + 2).min(12))
+        // Whole epochs only.
+        .x_label_formatter(&|v| {
+            if (v - v.round()).abs() < 1e-6 {
+                format!("{v:.0}")
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 14))
+        .bold_line_style(RGBColor(200, 200, 200))
+        .light_line_style(RGBColor(240, 240, 240))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
-    let mut labelled = BTreeSet::new();
     for r in rows {
         let colour = colour_of(families, &r.family);
         let pts: Vec<(f64, f64)> = r.curve.iter().map(|&(e, t)| (e as f64, t)).collect();
-        let series = chart
+        chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
             .map_err(err)?;
-        if labelled.insert(r.family.clone()) {
-            series
-                .label(r.family.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
-        }
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(err)?;
         if let Some(&last) = pts.last() {
             chart
-                .draw_series(std::iter::once(Text::new(
-                    r.trained_model.clone(),
-                    last,
-                    ("sans-serif", 12).into_font().color(&BLACK),
-                )))
+                .draw_series(std::iter::once(
+                    EmptyElement::at(last)
+                        + Text::new(
+                            r.trained_model.clone(),
+                            (6, -14),
+                            ("sans-serif", 12).into_font().color(&BLACK),
+                        ),
+                ))
                 .map_err(err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }

@@ -145,8 +145,16 @@ pub struct Plan {
 pub fn load(path: &Path, known_models: Option<&[String]>) -> anyhow::Result<Plan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the plan {}", path.display()))?;
-    let data_override = std::env::var_os(DATA_ENV).map(PathBuf::from);
-    parse(&text, path, known_models, data_override)
+    if text.trim().is_empty() {
+        bail!("plan {}: the file is empty", path.display());
+    }
+    // Absolute, so that runs started from any folder (SLURM tasks) find the data.
+    let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let data_override = std::env::var_os(DATA_ENV)
+        .map(|d| std::path::absolute(PathBuf::from(d)))
+        .transpose()
+        .with_context(|| format!("resolving ${DATA_ENV}"))?;
+    parse(&text, &path, known_models, data_override)
         .with_context(|| format!("plan {}", path.display()))
 }
 
@@ -231,7 +239,7 @@ pub fn parse(
             if d.is_absolute() {
                 d.clone()
             } else {
-                path.parent().unwrap_or(Path::new(".")).join(d)
+                normalize(&path.parent().unwrap_or(Path::new(".")).join(d))
             }
         })
     });
@@ -426,6 +434,24 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// `a/b/../c` → `a/c`, without touching the filesystem (the data may not exist on this machine).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Ids become folder names and SLURM job names: letters, digits, `_`, `-` and `.` only.
 fn check_id(key: &str, id: &str) -> anyhow::Result<()> {
     let ok = !id.is_empty()
@@ -512,6 +538,7 @@ time_limit = "1h30m"
             Some(serde_json::json!({"dropout": 0.3}))
         );
         assert_eq!(first.data.as_deref(), Some(Path::new("sweeps/data")));
+        assert_eq!(normalize(Path::new("/a/sweeps/../../shared/./d")), Path::new("/shared/d"));
         assert_eq!(plan.resources.memory_mb, Some(2048));
         assert_eq!(plan.resources.time_limit_s, Some(5400));
         Ok(())

@@ -206,7 +206,12 @@ fn sweep_cmd(cmd: SweepCmd) -> anyhow::Result<u8> {
     }
 }
 
-fn run_local(dir: &Path, manifest: &Manifest, jobs: usize, skip_failed: bool) -> anyhow::Result<u8> {
+fn run_local(
+    dir: &Path,
+    manifest: &Manifest,
+    jobs: usize,
+    skip_failed: bool,
+) -> anyhow::Result<u8> {
     let cores = sweep::cores();
     let threads = manifest
         .plan
@@ -254,15 +259,20 @@ fn run_local(dir: &Path, manifest: &Manifest, jobs: usize, skip_failed: bool) ->
     })
 }
 
-fn run_slurm(dir: &Path, mut manifest: Manifest, skip_failed: bool, wait: bool) -> anyhow::Result<u8> {
+fn run_slurm(
+    dir: &Path,
+    mut manifest: Manifest,
+    skip_failed: bool,
+    wait: bool,
+) -> anyhow::Result<u8> {
     let states = status::states(dir, &manifest);
     let indices: Vec<usize> = states
         .iter()
         .enumerate()
         .filter(|(_, s)| match s {
-            status::RunState::Done | status::RunState::Running { .. } | status::RunState::Queued => {
-                false
-            }
+            status::RunState::Done
+            | status::RunState::Running { .. }
+            | status::RunState::Queued => false,
             status::RunState::Failed(_) => !skip_failed,
             _ => true,
         })
@@ -337,7 +347,11 @@ fn exec(dir: &Path, index: usize) -> anyhow::Result<u8> {
         recipe_file: &recipe,
         threads,
         gpus: manifest.plan.resources.gpus,
-        time_limit: manifest.plan.resources.time_limit_s.map(Duration::from_secs),
+        time_limit: manifest
+            .plan
+            .resources
+            .time_limit_s
+            .map(Duration::from_secs),
         stop: &stop,
         slurm_job,
     };
@@ -383,10 +397,12 @@ fn bench_rates(path: &Path) -> anyhow::Result<Vec<(String, usize, f64, usize)>> 
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
     let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .with_context(|| format!("{}: no `{name}` column (not a nin bench CSV)", path.display()))
+        header.iter().position(|h| *h == name).with_context(|| {
+            format!(
+                "{}: no `{name}` column (not a nin bench CSV)",
+                path.display()
+            )
+        })
     };
     let (fw, model, mode, batch, rate, threads) = (
         col("framework")?,
@@ -427,7 +443,8 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
     let r = &plan.resources;
     println!(
         "each run: {} threads, memory {}, time limit {}, {} GPUs",
-        r.threads.map_or("(cores ÷ --jobs)".into(), |t| t.to_string()),
+        r.threads
+            .map_or("(cores ÷ --jobs)".into(), |t| t.to_string()),
         r.memory_mb.map_or("unset".into(), |m| format!("{m} MiB")),
         r.time_limit_s.map_or("none".into(), |t| format!("{t} s")),
         r.gpus
@@ -447,7 +464,8 @@ fn print_plan(plan: &Plan, zoo: &[ZooEntry], bench: Option<&Path>) -> anyhow::Re
         } else {
             run.model.clone()
         };
-        let images = run.limit_train.unwrap_or(50_000).min(50_000) - run.val.unwrap_or(0).min(50_000);
+        let images =
+            run.limit_train.unwrap_or(50_000).min(50_000) - run.val.unwrap_or(0).min(50_000);
         let epochs = run.recipe.epochs;
         let macs = zoo
             .iter()

@@ -131,11 +131,11 @@ job=$(sed -n 's/.*"job_id": "\([0-9]*\)".*/\1/p' "$dir/sweep.json" | head -n 1)
 # Preemption: once task 0 is training, requeue it; SLURM sends SIGTERM, nin saves a checkpoint
 # and the requeued task resumes the run from it.
 run0=$(sed -n 's/.*"id": "\([^"]*\)".*/\1/p' "$dir/sweep.json" | head -n 1)
-for _ in $(seq 600); do
-    grep -q "^epoch\|resuming\|training " "$dir/$run0/stderr.log" 2>/dev/null && break
-    sleep 0.2
+# Its first checkpoint (after 2 steps of 8: checkpoint_every in the plan) says it is training.
+for _ in $(seq 1200); do
+    [ -f "$dir/$run0/trainer_state.json" ] && break
+    sleep 0.1
 done
-sleep 2
 if ! grep -q "^done:" "$dir/$run0/stderr.log"; then
     scontrol requeue "${job}_0"
     # SLURM holds a requeued job back (two minutes) before it may start again: once it is back

@@ -129,14 +129,19 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
     let st = status(&runs);
     assert!(
         st.contains("hang_cifar10_s0")
-            && st.contains("failed: exceeded its time limit of 2s (stopped before it could save a checkpoint)"),
+            && st.contains(
+                "failed: exceeded its time limit of 2s (stopped before it could save a checkpoint)"
+            ),
         "{st}"
     );
     assert!(
         st.contains("failed: nin train exited 2: error: --data: no CIFAR archive here"),
         "{st}"
     );
-    assert!(st.contains("2 runs: 0 done, 0 running, 2 failed, 0 pending"), "{st}");
+    assert!(
+        st.contains("2 runs: 0 done, 0 running, 2 failed, 0 pending"),
+        "{st}"
+    );
     // Each run keeps its log beside it, and the report lists both failures with their reason.
     let stderr_log = std::fs::read_to_string(runs.join("faults/crash_cifar10_s0/stderr.log"))
         .expect("the crashed run's stderr.log");
@@ -148,8 +153,14 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         .expect("running xtask sweep report");
     assert!(out.status.success(), "{}", text(&out));
     let report = std::fs::read_to_string(runs.join("faults/report.md")).expect("report.md");
-    assert!(report.contains("- `hang_cifar10_s0`: exceeded its time limit"), "{report}");
-    assert!(report.contains("- `crash_cifar10_s0`: nin train exited 2"), "{report}");
+    assert!(
+        report.contains("- `hang_cifar10_s0`: exceeded its time limit"),
+        "{report}"
+    );
+    assert!(
+        report.contains("- `crash_cifar10_s0`: nin train exited 2"),
+        "{report}"
+    );
     let csv = std::fs::read_to_string(runs.join("faults/results.csv")).expect("results.csv");
     assert_eq!(csv.lines().count(), 3, "{csv}");
 
@@ -225,7 +236,10 @@ fn ctrl_c_stops_running_runs_with_a_checkpoint_and_starts_no_more() {
         !runs.join("faults/hang_cifar10_s0/sweep_run.json").exists(),
         "{st}"
     );
-    assert!(st.contains("hang_cifar10_s0") && st.contains("pending"), "{st}");
+    assert!(
+        st.contains("hang_cifar10_s0") && st.contains("pending"),
+        "{st}"
+    );
 }
 
 #[test]
@@ -265,7 +279,9 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
     let (code, log) = run(&plan, &tmp.path().join("no/such/nin"), &runs, &[]);
     assert_eq!(code, Some(2), "{log}");
     assert!(
-        log.contains("no/such/nin (--nin) does not exist: build it with `cargo build --release -p nin-cli`"),
+        log.contains(
+            "no/such/nin (--nin) does not exist: build it with `cargo build --release -p nin-cli`"
+        ),
         "{log}"
     );
 
@@ -281,7 +297,10 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
     };
     let (code, log) = run(&plan, &nin, &ro, &[]);
     assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("cannot be created or written (read-only?)"), "{log}");
+    assert!(
+        log.contains("cannot be created or written (read-only?)"),
+        "{log}"
+    );
 
     // SLURM not installed: no sbatch/squeue on PATH.
     let out = xtask()
@@ -305,11 +324,19 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
 
 #[test]
 fn smoke_plan_runs_every_family_on_real_data_and_reports() {
-    let Some(nin) = require(real_nin(), "no nin binary (cargo build --release -p nin-cli)") else {
+    let Some(nin) = require(
+        real_nin(),
+        "no nin binary (cargo build --release -p nin-cli)",
+    ) else {
         return;
     };
     let data = root().join("../shared/data/cifar-10-binary.tar.gz");
-    if require(data.is_file().then_some(()), "no CIFAR-10 archive in ../shared/data").is_none() {
+    if require(
+        data.is_file().then_some(()),
+        "no CIFAR-10 archive in ../shared/data",
+    )
+    .is_none()
+    {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -334,7 +361,10 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
     // A rerun skips every finished run.
     let (code, log) = sweep(&[]);
     assert_eq!(code, Some(0), "{log}");
-    assert!(!log.contains("done    "), "a finished run was run again:\n{log}");
+    assert!(
+        !log.contains("done    "),
+        "a finished run was run again:\n{log}"
+    );
 
     let out = xtask()
         .args(["sweep", "report", "smoke", "--runs"])
@@ -358,21 +388,41 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
         assert_eq!(r[col("epochs_done")], "1", "{csv}");
         let top1: f64 = r[col("final_top1")].parse().expect("final_top1");
         assert!((0.0..=100.0).contains(&top1), "{csv}");
-        for c in ["params", "macs_per_image", "wall_seconds", "images_per_s", "peak_memory_mib"] {
+        for c in [
+            "params",
+            "macs_per_image",
+            "wall_seconds",
+            "images_per_s",
+            "peak_memory_mib",
+        ] {
             let v: f64 = r[col(c)].parse().unwrap_or(0.0);
             assert!(v > 0.0, "{c} missing:\n{csv}");
         }
     }
-    let nin_row = rows.iter().find(|r| r[col("id")] == "nin_cifar10_s0").expect("nin row");
+    let nin_row = rows
+        .iter()
+        .find(|r| r[col("id")] == "nin_cifar10_s0")
+        .expect("nin row");
     assert_eq!(nin_row[col("params")], "966986", "{csv}");
     let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
-    assert!(report.contains("| nin | nin | cifar10 | — | 2 |"), "{report}");
+    assert!(
+        report.contains("| nin | nin | cifar10 | — | 2 |"),
+        "{report}"
+    );
     assert!(report.contains("## Failed runs\n\nNone."), "{report}");
-    for chart in ["accuracy_vs_params", "accuracy_vs_macs", "accuracy_vs_time", "learning_curves"] {
+    for chart in [
+        "accuracy_vs_params",
+        "accuracy_vs_macs",
+        "accuracy_vs_time",
+        "learning_curves",
+    ] {
         let png = std::fs::read(dir.join(format!("charts/{chart}.png"))).expect(chart);
         assert!(png.starts_with(b"\x89PNG"), "{chart}.png is not a PNG");
         let svg = std::fs::read_to_string(dir.join(format!("charts/{chart}.svg"))).expect(chart);
-        assert!(svg.contains("<svg") && svg.contains("test top-1"), "{chart}.svg");
+        assert!(
+            svg.contains("<svg") && svg.contains("test top-1"),
+            "{chart}.svg"
+        );
         assert!(report.contains(&format!("charts/{chart}.png")), "{report}");
     }
 }

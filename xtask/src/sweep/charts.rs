@@ -131,10 +131,18 @@ pub fn draw_all(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<String>> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        learning_curves(BitMapBackend::new(&png, SIZE).into_drawing_area(), &curves, &fams)
-            .with_context(|| format!("drawing {}", png.display()))?;
-        learning_curves(SVGBackend::new(&svg, SIZE).into_drawing_area(), &curves, &fams)
-            .with_context(|| format!("drawing {}", svg.display()))?;
+        learning_curves(
+            BitMapBackend::new(&png, SIZE).into_drawing_area(),
+            &curves,
+            &fams,
+        )
+        .with_context(|| format!("drawing {}", png.display()))?;
+        learning_curves(
+            SVGBackend::new(&svg, SIZE).into_drawing_area(),
+            &curves,
+            &fams,
+        )
+        .with_context(|| format!("drawing {}", svg.display()))?;
         drawn.push(name.to_string());
     }
     Ok(drawn)
@@ -153,14 +161,21 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     let (plot, legend) = root.split_horizontally(SIZE.0 - 130);
     legend
-        .draw(&Text::new("family", (10, 60), ("sans-serif", 16).into_font().color(&BLACK)))
+        .draw(&Text::new(
+            "family",
+            (10, 60),
+            ("sans-serif", 16).into_font().color(&BLACK),
+        ))
         .map_err(err)?;
     for (i, family) in families.iter().enumerate() {
         let colour = colour_of(families, family);
         let y = 90 + 26 * i as i32;
         if line {
             legend
-                .draw(&PathElement::new(vec![(8, y), (30, y)], colour.stroke_width(3)))
+                .draw(&PathElement::new(
+                    vec![(8, y), (30, y)],
+                    colour.stroke_width(3),
+                ))
                 .map_err(err)?;
         } else {
             legend
@@ -292,7 +307,11 @@ where
         .max()
         .unwrap_or(1);
     let (y0, y1) = padded(rows.iter().flat_map(|r| r.curve.iter().map(|c| c.1)), 0.1);
-    let (x0, x1) = if max_epoch <= 1 { (0.5, 1.5) } else { (1.0, max_epoch as f64) };
+    let (x0, x1) = if max_epoch <= 1 {
+        (0.5, 1.5)
+    } else {
+        (1.0, max_epoch as f64)
+    };
     let mut chart = ChartBuilder::on(&plot)
         .caption("Learning curves: test top-1 per epoch", ("sans-serif", 24))
         .margin(16)

@@ -76,7 +76,11 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<(usize, anyhow::Result<RunRecord>)>();
     let mut queue = todo.into_iter();
     let mut running: Vec<(usize, ProgressBar)> = Vec::new();
-    let time_limit = manifest.plan.resources.time_limit_s.map(Duration::from_secs);
+    let time_limit = manifest
+        .plan
+        .resources
+        .time_limit_s
+        .map(Duration::from_secs);
     let gpus = manifest.plan.resources.gpus;
     let mut sweep_error = None;
     loop {
@@ -89,7 +93,12 @@ pub fn run(
             bar.set_message("starting");
             bar.enable_steady_tick(Duration::from_millis(250));
             running.push((i, bar));
-            let (tx, stop, dir, nin) = (tx.clone(), stop.clone(), dir.to_path_buf(), manifest.nin.clone());
+            let (tx, stop, dir, nin) = (
+                tx.clone(),
+                stop.clone(),
+                dir.to_path_buf(),
+                manifest.nin.clone(),
+            );
             let threads = opts.threads;
             std::thread::spawn(move || {
                 let run_dir = dir.join(&spec.id);
@@ -117,7 +126,11 @@ pub fn run(
             running.len(),
             outcome.failed,
             pending,
-            if stop.load(Ordering::SeqCst) { " (stopping: each run saves a checkpoint)" } else { "" }
+            if stop.load(Ordering::SeqCst) {
+                " (stopping: each run saves a checkpoint)"
+            } else {
+                ""
+            }
         ));
         for (i, bar) in &running {
             let spec = &manifest.plan.runs[*i];

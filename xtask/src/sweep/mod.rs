@@ -125,7 +125,12 @@ pub fn sweep_dir(runs: &Path, sweep: &str) -> PathBuf {
 
 /// Creates the sweep folder (refusing a folder it cannot write, before any run starts), writes
 /// the manifest (keeping earlier SLURM submissions) and every run's recipe file.
-pub fn prepare(dir: &Path, plan: &Plan, nin: &Path, zoo: Vec<ZooEntry>) -> anyhow::Result<Manifest> {
+pub fn prepare(
+    dir: &Path,
+    plan: &Plan,
+    nin: &Path,
+    zoo: Vec<ZooEntry>,
+) -> anyhow::Result<Manifest> {
     std::fs::create_dir_all(dir.join(RECIPES_DIR)).with_context(|| {
         format!(
             "the runs folder {} cannot be created or written (read-only?)",
@@ -133,9 +138,8 @@ pub fn prepare(dir: &Path, plan: &Plan, nin: &Path, zoo: Vec<ZooEntry>) -> anyho
         )
     })?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| {
-        format!("the sweep folder {} is not writable", dir.display())
-    })?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the sweep folder {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     let slurm_jobs = match Manifest::load(dir) {
         Ok(old) => old.slurm_jobs,

@@ -149,7 +149,8 @@ pub fn load(path: &Path, known_models: Option<&[String]>) -> anyhow::Result<Plan
         bail!("plan {}: the file is empty", path.display());
     }
     // Absolute, so that runs started from any folder (SLURM tasks) find the data.
-    let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let path =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let data_override = std::env::var_os(DATA_ENV)
         .map(|d| std::path::absolute(PathBuf::from(d)))
         .transpose()
@@ -229,7 +230,11 @@ pub fn parse(
                 .as_ref()
                 .map(|t| serde_json::to_value(t).context("variants.model_args"))
                 .transpose()?;
-            variants.push((Some(v.id.clone()), v.recipe.clone().unwrap_or_default(), model_args));
+            variants.push((
+                Some(v.id.clone()),
+                v.recipe.clone().unwrap_or_default(),
+                model_args,
+            ));
         }
     }
 
@@ -265,7 +270,18 @@ pub fn parse(
                 for (k, v) in recipe_table {
                     overrides_table.insert(k.clone(), v.clone());
                 }
-                let (recipe, overrides) = apply_overrides(&base, &overrides_table, &key_prefix)?;
+                // A variant may start from another named recipe (`recipe = { name = "modern" }`);
+                // the plan's [recipe] changes apply to it too, then the variant's own.
+                let variant_base = match overrides_table.remove("name") {
+                    None => base.clone(),
+                    Some(toml::Value::String(name)) => Recipe::by_name(&name)
+                        .map_err(|e| anyhow::anyhow!("{key_prefix}.name: {e}"))?,
+                    Some(other) => {
+                        bail!("{key_prefix}.name: expected a recipe name string, got {other:?}")
+                    }
+                };
+                let (recipe, overrides) =
+                    apply_overrides(&variant_base, &overrides_table, &key_prefix)?;
                 for seed in &grid.seeds {
                     let mut id = format!("{model}_{dataset}_s{seed}");
                     if let Some(v) = variant {
@@ -312,7 +328,13 @@ fn apply_overrides(
     let mut overrides = Vec::new();
     for (key, value) in table {
         let value = serde_json::to_value(value).context("converting a TOML value")?;
-        merge(&mut json, key, value, &format!("{key_prefix}.{key}"), &mut overrides)?;
+        merge(
+            &mut json,
+            key,
+            value,
+            &format!("{key_prefix}.{key}"),
+            &mut overrides,
+        )?;
     }
     if let Some(obj) = json.as_object_mut() {
         // The name the run records says which recipe it started from.
@@ -349,15 +371,18 @@ fn merge(
     // A nested table changes only the fields it names, unless it switches the variant (`kind`).
     match (value, slot.is_object()) {
         (serde_json::Value::Object(fields), true)
-            if !fields.contains_key("kind")
-                || fields.get("kind") == slot.get("kind") =>
+            if !fields.contains_key("kind") || fields.get("kind") == slot.get("kind") =>
         {
             for (k, v) in fields {
                 merge(slot, &k, v, &format!("{full_key}.{k}"), overrides)?;
             }
         }
         (value, _) => {
-            overrides.push(format!("{}={}", full_key.rsplit_once("recipe.").map_or(full_key, |x| x.1), value));
+            overrides.push(format!(
+                "{}={}",
+                full_key.rsplit_once("recipe.").map_or(full_key, |x| x.1),
+                value
+            ));
             *slot = value;
         }
     }
@@ -401,9 +426,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     };
     match num.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n * mult),
-        _ => Err(format!(
-            "expected a size such as 512M or 4G, got `{text}`"
-        )),
+        _ => Err(format!("expected a size such as 512M or 4G, got `{text}`")),
     }
 }
 
@@ -538,7 +561,10 @@ time_limit = "1h30m"
             Some(serde_json::json!({"dropout": 0.3}))
         );
         assert_eq!(first.data.as_deref(), Some(Path::new("sweeps/data")));
-        assert_eq!(normalize(Path::new("/a/sweeps/../../shared/./d")), Path::new("/shared/d"));
+        assert_eq!(
+            normalize(Path::new("/a/sweeps/../../shared/./d")),
+            Path::new("/shared/d")
+        );
         assert_eq!(plan.resources.memory_mb, Some(2048));
         assert_eq!(plan.resources.time_limit_s, Some(5400));
         Ok(())
@@ -547,19 +573,55 @@ time_limit = "1h30m"
     #[test]
     fn bad_plans_are_refused_naming_the_key() {
         let cases = [
-            (GOOD.replace("\"cic_3d\"]", "\"resnet\"]"), "unknown model `resnet`"),
-            (GOOD.replace("\"cifar100\"]", "\"mnist\"]"), "unknown dataset `mnist`"),
-            (GOOD.replace("seeds = [0, 1]", "seeds = []"), "grid.seeds: the grid is empty"),
-            (GOOD.replace("models = [\"nin\", \"cic_3d\"]", "models = []"), "grid.models: the grid is empty"),
-            (GOOD.replace("threads = 1", "threadz = 1"), "unknown field `threadz`"),
-            (GOOD.replace("epochs = 1", "epochz = 1"), "recipe.epochz: unknown recipe key `epochz`"),
+            (
+                GOOD.replace("\"cic_3d\"]", "\"resnet\"]"),
+                "unknown model `resnet`",
+            ),
+            (
+                GOOD.replace("\"cifar100\"]", "\"mnist\"]"),
+                "unknown dataset `mnist`",
+            ),
+            (
+                GOOD.replace("seeds = [0, 1]", "seeds = []"),
+                "grid.seeds: the grid is empty",
+            ),
+            (
+                GOOD.replace("models = [\"nin\", \"cic_3d\"]", "models = []"),
+                "grid.models: the grid is empty",
+            ),
+            (
+                GOOD.replace("threads = 1", "threadz = 1"),
+                "unknown field `threadz`",
+            ),
+            (
+                GOOD.replace("epochs = 1", "epochz = 1"),
+                "recipe.epochz: unknown recipe key `epochz`",
+            ),
             (GOOD.replace("epochs = 1", "epochs = 0"), "recipe"),
-            (GOOD.replace("lr = 0.01", "lr = \"fast\""), "variants[lr-low].recipe: not a valid recipe"),
-            (GOOD.replace("time_limit = \"1h30m\"", "time_limit = \"soon\""), "resources.time_limit: expected a duration"),
-            (GOOD.replace("memory = \"2G\"", "memory = \"lots\""), "resources.memory: expected a size"),
-            (GOOD.replace("id = \"wide\"", "id = \"lr-low\""), "`lr-low` is used twice"),
-            (GOOD.replace("name = \"t\"", "name = \"a/b\""), "name: `a/b` must be"),
-            (GOOD.replace("limit_train = 64", "limit_train = 0"), "run.limit_train: must be > 0"),
+            (
+                GOOD.replace("lr = 0.01", "lr = \"fast\""),
+                "variants[lr-low].recipe: not a valid recipe",
+            ),
+            (
+                GOOD.replace("time_limit = \"1h30m\"", "time_limit = \"soon\""),
+                "resources.time_limit: expected a duration",
+            ),
+            (
+                GOOD.replace("memory = \"2G\"", "memory = \"lots\""),
+                "resources.memory: expected a size",
+            ),
+            (
+                GOOD.replace("id = \"wide\"", "id = \"lr-low\""),
+                "`lr-low` is used twice",
+            ),
+            (
+                GOOD.replace("name = \"t\"", "name = \"a/b\""),
+                "name: `a/b` must be",
+            ),
+            (
+                GOOD.replace("limit_train = 64", "limit_train = 0"),
+                "run.limit_train: must be > 0",
+            ),
         ];
         for (text, expected) in cases {
             let err = error_of(&text);

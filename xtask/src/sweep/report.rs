@@ -86,7 +86,9 @@ pub fn rows(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             let trained = run
                 .as_ref()
                 .map_or_else(|| spec.model.clone(), |r| r.model.name.clone());
-            let zoo = manifest.zoo_entry(&trained).or(manifest.zoo_entry(&spec.model));
+            let zoo = manifest
+                .zoo_entry(&trained)
+                .or(manifest.zoo_entry(&spec.model));
             let params = if spec.model_args.is_none() {
                 zoo.map(|z| {
                     if spec.dataset == "cifar100" {
@@ -106,7 +108,9 @@ pub fn rows(dir: &Path, manifest: &Manifest) -> Vec<Row> {
             let train_seconds: f64 = metrics.iter().map(|m| m.seconds).sum();
             let images_per_s = state_file.as_ref().and_then(|s| {
                 let per_epoch = (s.steps_per_epoch
-                    * run.as_ref().map_or(spec.recipe.batch_size, |r| r.recipe.batch_size))
+                    * run
+                        .as_ref()
+                        .map_or(spec.recipe.batch_size, |r| r.recipe.batch_size))
                     as f64;
                 (train_seconds > 0.0 && !metrics.is_empty())
                     .then(|| per_epoch * metrics.len() as f64 / train_seconds)
@@ -174,7 +178,10 @@ pub fn count_params(path: &Path) -> anyhow::Result<u64> {
             .get("shape")
             .and_then(|s| s.as_array())
             .with_context(|| format!("{}: tensor {name} has no shape", path.display()))?;
-        total += shape.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>();
+        total += shape
+            .iter()
+            .map(|d| d.as_u64().unwrap_or(0))
+            .product::<u64>();
     }
     Ok(total)
 }
@@ -284,7 +291,10 @@ pub fn markdown(manifest: &Manifest, dir: &Path, rows: &[Row], charts: &[String]
             .push(r);
     }
     for ((dataset, model, variant), g) in &groups {
-        let errors: Vec<f64> = g.iter().filter_map(|r| r.final_top1.map(|t| 100.0 - t)).collect();
+        let errors: Vec<f64> = g
+            .iter()
+            .filter_map(|r| r.final_top1.map(|t| 100.0 - t))
+            .collect();
         let error = if errors.is_empty() {
             "—".to_string()
         } else {
@@ -303,7 +313,8 @@ pub fn markdown(manifest: &Manifest, dir: &Path, rows: &[Row], charts: &[String]
             fmt(mean_of(g.iter().map(|r| r.best_top1)), 2),
             fmt(mean_of(g.iter().map(|r| r.final_top5)), 2),
             g[0].params.map_or("—".into(), |p| p.to_string()),
-            g[0].macs.map_or("—".into(), |m| format!("{:.1}", m as f64 / 1e6)),
+            g[0].macs
+                .map_or("—".into(), |m| format!("{:.1}", m as f64 / 1e6)),
             fmt(mean_of(g.iter().map(|r| r.wall_seconds)), 1),
             fmt(mean_of(g.iter().map(|r| r.images_per_s)), 1),
             fmt(mean_of(g.iter().map(|r| r.peak_mib)), 0),

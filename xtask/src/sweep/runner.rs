@@ -328,11 +328,16 @@ fn verdict(a: &Attempt<'_>, exit: &sys::Exit, over_time: bool) -> (RecordState, 
         ),
         (Some(code), _) => (
             RecordState::Failed,
-            Some(format!("nin train exited {code}: {}", last_error(a.run_dir))),
+            Some(format!(
+                "nin train exited {code}: {}",
+                last_error(a.run_dir)
+            )),
         ),
         (None, Some(sig)) => (
             RecordState::Failed,
-            Some(format!("killed by signal {sig} (crashed, or out of memory)")),
+            Some(format!(
+                "killed by signal {sig} (crashed, or out of memory)"
+            )),
         ),
         (None, None) => (RecordState::Failed, Some("ended without a status".into())),
     }

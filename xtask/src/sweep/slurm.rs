@@ -37,7 +37,10 @@ fn slurm_cmd(program: &str, args: &[String]) -> anyhow::Result<String> {
     };
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {program}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {program}"))?
+        {
             break status;
         }
         if start.elapsed() > ANSWER_TIMEOUT {
@@ -59,7 +62,11 @@ fn slurm_cmd(program: &str, args: &[String]) -> anyhow::Result<String> {
         let _ = s.read_to_string(&mut err);
     }
     if !status.success() {
-        bail!("`{program} {}` failed ({status}): {}", args.join(" "), err.trim());
+        bail!(
+            "`{program} {}` failed ({status}): {}",
+            args.join(" "),
+            err.trim()
+        );
     }
     Ok(out)
 }
@@ -75,7 +82,10 @@ pub fn script(dir: &Path, manifest: &Manifest, indices: &[usize], xtask: &Path) 
         .join(",");
     let throttle = r.max_parallel.map(|k| format!("%{k}")).unwrap_or_default();
     let mut s = String::from("#!/bin/bash\n");
-    s.push_str(&format!("#SBATCH --job-name=nin-sweep-{}\n", manifest.plan.name));
+    s.push_str(&format!(
+        "#SBATCH --job-name=nin-sweep-{}\n",
+        manifest.plan.name
+    ));
     s.push_str(&format!("#SBATCH --array={list}{throttle}\n"));
     s.push_str("#SBATCH --ntasks=1\n");
     s.push_str(&format!("#SBATCH --cpus-per-task={threads}\n"));
@@ -139,7 +149,11 @@ pub fn submit(
 
 /// SLURM's state of every run index still in the queue (`RUNNING`, `PENDING`, …).
 pub fn queue(manifest: &Manifest) -> anyhow::Result<BTreeMap<usize, String>> {
-    let jobs: Vec<&str> = manifest.slurm_jobs.iter().map(|j| j.job_id.as_str()).collect();
+    let jobs: Vec<&str> = manifest
+        .slurm_jobs
+        .iter()
+        .map(|j| j.job_id.as_str())
+        .collect();
     let mut states = BTreeMap::new();
     if jobs.is_empty() {
         return Ok(states);
@@ -160,7 +174,10 @@ pub fn queue(manifest: &Manifest) -> anyhow::Result<BTreeMap<usize, String>> {
         let (Some(id), Some(state)) = (parts.next(), parts.next()) else {
             continue;
         };
-        if let Some(index) = id.split_once('_').and_then(|(_, t)| t.parse::<usize>().ok()) {
+        if let Some(index) = id
+            .split_once('_')
+            .and_then(|(_, t)| t.parse::<usize>().ok())
+        {
             states.insert(index, state.to_string());
         }
     }

@@ -49,7 +49,9 @@ impl RunState {
 impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunState::Running { done, epochs } => write!(f, "running (epoch {}/{epochs})", done + 1),
+            RunState::Running { done, epochs } => {
+                write!(f, "running (epoch {}/{epochs})", done + 1)
+            }
             RunState::Stopped(r) | RunState::Failed(r) => write!(f, "{}: {r}", self.label()),
             other => f.write_str(other.label()),
         }
@@ -69,7 +71,9 @@ pub fn states(dir: &Path, manifest: &Manifest) -> Vec<RunState> {
         BTreeMap::new()
     } else {
         slurm::queue(manifest).unwrap_or_else(|e| {
-            eprintln!("warning: SLURM queue unknown ({e:#}); states come from the run folders only");
+            eprintln!(
+                "warning: SLURM queue unknown ({e:#}); states come from the run folders only"
+            );
             BTreeMap::new()
         })
     };
@@ -89,14 +93,20 @@ pub fn states(dir: &Path, manifest: &Manifest) -> Vec<RunState> {
             let in_queue = queue.get(&i).map(String::as_str);
             match (in_queue, record) {
                 (Some("PENDING" | "REQUEUED" | "CONFIGURING"), _) => RunState::Queued,
-                (Some(_), _) => RunState::Running { done, epochs: total },
+                (Some(_), _) => RunState::Running {
+                    done,
+                    epochs: total,
+                },
                 (None, Some(r)) => match r.state {
                     RecordState::Running => {
                         let alive = r.slurm_job.is_none()
                             && r.host == here
                             && r.pid.is_some_and(sys::process_exists);
                         if alive {
-                            RunState::Running { done, epochs: total }
+                            RunState::Running {
+                                done,
+                                epochs: total,
+                            }
                         } else if let Some(job) = &r.slurm_job {
                             RunState::Failed(format!(
                                 "SLURM task {job} ended without a verdict ({}); see {}",
@@ -132,7 +142,10 @@ pub fn summary(states: &[RunState]) -> String {
         format!("{} done", count("done")),
         format!("{} running", count("running")),
         format!("{} failed", count("failed")),
-        format!("{} pending", count("pending") + count("queued") + count("stopped")),
+        format!(
+            "{} pending",
+            count("pending") + count("queued") + count("stopped")
+        ),
     ];
     if count("queued") > 0 {
         parts.push(format!("({} queued in SLURM)", count("queued")));
@@ -148,9 +161,19 @@ pub fn print(dir: &Path, manifest: &Manifest) {
     let states = states(dir, manifest);
     println!("sweep {} ({})", manifest.plan.name, dir.display());
     for job in &manifest.slurm_jobs {
-        println!("SLURM array job {} ({} tasks)", job.job_id, job.indices.len());
+        println!(
+            "SLURM array job {} ({} tasks)",
+            job.job_id,
+            job.indices.len()
+        );
     }
-    let width = manifest.plan.runs.iter().map(|r| r.id.len()).max().unwrap_or(2);
+    let width = manifest
+        .plan
+        .runs
+        .iter()
+        .map(|r| r.id.len())
+        .max()
+        .unwrap_or(2);
     for (spec, state) in manifest.plan.runs.iter().zip(&states) {
         let run_dir = dir.join(&spec.id);
         let (done, total) = epochs(&run_dir, spec.recipe.epochs);

@@ -23,7 +23,7 @@ fn xtask() -> Command {
     c
 }
 
-fn text(out: &Output) -> String {
+fn text_of(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status.code(),
@@ -100,7 +100,7 @@ fn status(runs: &Path) -> String {
         .arg(runs)
         .output()
         .expect("running xtask sweep status");
-    text(&out)
+    text_of(&out)
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         .arg(&runs)
         .output()
         .expect("running xtask");
-    let log = text(&out);
+    let log = text_of(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(start.elapsed() < Duration::from_secs(30), "{log}");
     let st = status(&runs);
@@ -151,7 +151,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         .arg(&runs)
         .output()
         .expect("running xtask sweep report");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     let report = std::fs::read_to_string(runs.join("faults/report.md")).expect("report.md");
     assert!(
         report.contains("- `hang_cifar10_s0`: exceeded its time limit"),
@@ -178,7 +178,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("2 failed runs left alone"),
         "{}",
-        text(&out)
+        text_of(&out)
     );
     let out = xtask()
         .args(["sweep", "run"])
@@ -189,7 +189,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         .arg(&runs)
         .output()
         .expect("running xtask");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
     let record = std::fs::read_to_string(runs.join("faults/crash_cifar10_s0/sweep_run.json"))
         .expect("sweep_run.json");
     assert!(record.contains("\"attempts\": 2"), "{record}");
@@ -225,7 +225,7 @@ fn ctrl_c_stops_running_runs_with_a_checkpoint_and_starts_no_more() {
         .expect("running kill");
     assert!(killed.success());
     let out = child.wait_with_output().expect("waiting for xtask");
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(130), "{}", text_of(&out));
     let st = status(&runs);
     assert!(
         st.contains("stopped: interrupted with a checkpoint; a rerun resumes it"),
@@ -258,7 +258,7 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
             .args(extra)
             .output()
             .expect("running xtask");
-        (out.status.code(), text(&out))
+        (out.status.code(), text_of(&out))
     };
 
     let plan = write_plan(tmp.path(), "[\"hang\", \"resnet50\"]", "");
@@ -314,7 +314,7 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
         .env("PATH", tmp.path().join("empty-path"))
         .output()
         .expect("running xtask");
-    let log = text(&out);
+    let log = text_of(&out);
     assert_eq!(out.status.code(), Some(2), "{log}");
     assert!(
         log.contains("`squeue` not found: SLURM is not installed on this machine"),
@@ -354,7 +354,7 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
             .args(extra)
             .output()
             .expect("running xtask");
-        (out.status.code(), text(&out))
+        (out.status.code(), text_of(&out))
     };
     let (code, log) = sweep(&[]);
     assert_eq!(code, Some(0), "{log}");
@@ -371,7 +371,7 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
         .arg(&runs)
         .output()
         .expect("running xtask sweep report");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     let dir = runs.join("smoke");
     let csv = std::fs::read_to_string(dir.join("results.csv")).expect("results.csv");
     let mut lines = csv.lines();
@@ -410,6 +410,36 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
         "{report}"
     );
     assert!(report.contains("## Failed runs\n\nNone."), "{report}");
+    // The plan changed under finished runs: they are neither rerun nor resumed nor counted as
+    // its results, and their files stay as they were.
+    let changed = tmp.path().join("smoke.toml");
+    let text = std::fs::read_to_string(&plan).expect("smoke.toml");
+    let text = text
+        .replace("limit_eval = 250", "limit_eval = 100")
+        .replace(
+            "data = \"../../shared/data\"",
+            &format!("data = {:?}", root().join("../shared/data")),
+        );
+    std::fs::write(&changed, text).expect("writing the changed plan");
+    let out = xtask()
+        .args(["sweep", "run"])
+        .arg(&changed)
+        .arg("--nin")
+        .arg(&nin)
+        .arg("--runs")
+        .arg(&runs)
+        .output()
+        .expect("running xtask");
+    let log = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the run folder holds a run with limit_eval Some(250) (plan: Some(100)): the plan changed since it started"),
+        "{log}"
+    );
+    let metrics =
+        std::fs::read_to_string(dir.join("nin_cifar10_s0/metrics.csv")).expect("metrics.csv");
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+
     for chart in [
         "accuracy_vs_params",
         "accuracy_vs_macs",

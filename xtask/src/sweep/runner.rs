@@ -102,6 +102,47 @@ pub fn is_finished(run_dir: &Path) -> bool {
     }
 }
 
+/// Why the run folder's `run.json` is not the run `spec` describes (the plan changed since it
+/// started), if it is not: such a folder is never resumed or counted as this run's result.
+pub fn mismatch(spec: &RunSpec, run_dir: &Path) -> Option<String> {
+    if !run_dir.join(RUN_JSON).is_file() {
+        return None;
+    }
+    let run = match RunConfig::load(run_dir) {
+        Ok(run) => run,
+        Err(e) => return Some(format!("its run.json cannot be read: {e}")),
+    };
+    let mut diffs = Vec::new();
+    if run.data.dataset.to_string() != spec.dataset {
+        diffs.push(format!(
+            "dataset {} (plan: {})",
+            run.data.dataset, spec.dataset
+        ));
+    }
+    if run.seed != spec.seed {
+        diffs.push(format!("seed {} (plan: {})", run.seed, spec.seed));
+    }
+    for (what, had, want) in [
+        ("limit_train", run.data.limit_train, spec.limit_train),
+        ("limit_eval", run.data.limit_eval, spec.limit_eval),
+        ("val", run.data.val, spec.val),
+    ] {
+        if had != want {
+            diffs.push(format!("{what} {had:?} (plan: {want:?})"));
+        }
+    }
+    if run.recipe != spec.recipe {
+        diffs.push("another recipe".into());
+    }
+    (!diffs.is_empty()).then(|| {
+        format!(
+            "the run folder holds a run with {}: the plan changed since it started; move {} away to run it again",
+            diffs.join(", "),
+            run_dir.display()
+        )
+    })
+}
+
 /// Finds the `nin` binary: `--nin PATH`, else `$NIN_BIN`, else `target/release/nin` of the
 /// workspace (`cargo build --release -p nin-cli` makes it).
 pub fn find_nin(explicit: Option<&Path>, root: &Path) -> anyhow::Result<PathBuf> {
@@ -214,6 +255,13 @@ pub fn execute(a: &Attempt<'_>) -> anyhow::Result<RunRecord> {
         started_unix: unix_now(),
         ended_unix: None,
     };
+    if let Some(why) = mismatch(a.spec, a.run_dir) {
+        record.state = RecordState::Failed;
+        record.reason = Some(why);
+        record.ended_unix = Some(unix_now());
+        record.save(a.run_dir)?;
+        return Ok(record);
+    }
     if is_finished(a.run_dir) {
         record.state = RecordState::Done;
         record.ended_unix = Some(unix_now());

@@ -86,6 +86,9 @@ pub fn states(dir: &Path, manifest: &Manifest) -> Vec<RunState> {
         .map(|(i, spec)| {
             let run_dir = dir.join(&spec.id);
             let (done, total) = epochs(&run_dir, spec.recipe.epochs);
+            if let Some(why) = runner::mismatch(spec, &run_dir) {
+                return RunState::Failed(why);
+            }
             if runner::is_finished(&run_dir) {
                 return RunState::Done;
             }

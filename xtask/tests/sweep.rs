@@ -1,7 +1,7 @@
 //! `cargo xtask sweep` end to end: the shipped smoke plan on real CIFAR-10 through the real `nin`
 //! (every run done, a rerun skips them, the report and charts written), and the faults a sweep
 //! must survive with a clear message, driven by a stand-in `nin` script so they take seconds:
-//! a run past its time limit and a crashing run (both failed, the others go on), Ctrl-C (runs
+//! a run past its time limit, a crashing and a diverging run (all failed, the others go on), Ctrl-C (runs
 //! stopped with a checkpoint), a missing binary, an unknown model, a read-only runs folder and a
 //! SLURM that is not installed.
 
@@ -65,12 +65,14 @@ fn fake_nin(dir: &Path) -> PathBuf {
 if [ "$1" = list ]; then
   echo '[{"name":"hang","family":"a","params_cifar10":10,"params_cifar100":20,"macs_per_image_cifar10":5},
         {"name":"crash","family":"b","params_cifar10":10,"params_cifar100":20,"macs_per_image_cifar10":5},
-        {"name":"slow","family":"c","params_cifar10":10,"params_cifar100":20,"macs_per_image_cifar10":5}]'
+        {"name":"slow","family":"c","params_cifar10":10,"params_cifar100":20,"macs_per_image_cifar10":5},
+        {"name":"diverge","family":"d","params_cifar10":10,"params_cifar100":20,"macs_per_image_cifar10":5}]'
   exit 0
 fi
 case " $* " in
   *" --model hang "*) exec sleep 60 ;;
   *" --model crash "*) echo "error: --data: no CIFAR archive here" >&2; exit 2 ;;
+  *" --model diverge "*) echo "error: training in runs/x: the loss became NaN at step 3" >&2; exit 3 ;;
   *" --model slow "*) trap 'echo "stopped with a checkpoint" >&2; exit 130' TERM; sleep 60 & wait; exit 0 ;;
 esac
 echo "error: unexpected arguments $*" >&2
@@ -104,12 +106,12 @@ fn status(runs: &Path) -> String {
 }
 
 #[test]
-fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
+fn runs_past_their_time_limit_crashing_or_diverging_fail_and_the_others_go_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let nin = fake_nin(tmp.path());
     let plan = write_plan(
         tmp.path(),
-        "[\"hang\", \"crash\"]",
+        "[\"hang\", \"crash\", \"diverge\"]",
         "[resources]\ntime_limit = \"2s\"\n",
     );
     let runs = tmp.path().join("runs");
@@ -139,7 +141,11 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         "{st}"
     );
     assert!(
-        st.contains("2 runs: 0 done, 0 running, 2 failed, 0 pending"),
+        st.contains("failed: diverged (loss or a weight became NaN or infinite): error: training in runs/x: the loss became NaN at step 3"),
+        "{st}"
+    );
+    assert!(
+        st.contains("3 runs: 0 done, 0 running, 3 failed, 0 pending"),
         "{st}"
     );
     // Each run keeps its log beside it, and the report lists both failures with their reason.
@@ -162,7 +168,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         "{report}"
     );
     let csv = std::fs::read_to_string(runs.join("faults/results.csv")).expect("results.csv");
-    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
 
     // --skip-failed leaves them alone; by default a rerun retries them (attempt 2).
     let out = xtask()
@@ -176,7 +182,7 @@ fn a_run_past_its_time_limit_and_a_crashing_run_fail_and_the_others_go_on() {
         .output()
         .expect("running xtask");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("2 failed runs left alone"),
+        String::from_utf8_lossy(&out.stderr).contains("3 failed runs left alone"),
         "{}",
         text_of(&out)
     );
@@ -265,7 +271,9 @@ fn bad_input_is_refused_with_a_clear_message_before_anything_runs() {
     let (code, log) = run(&plan, &nin, &runs, &[]);
     assert_eq!(code, Some(2), "{log}");
     assert!(
-        log.contains("grid.models: unknown model `resnet50`: the zoo has hang, crash, slow"),
+        log.contains(
+            "grid.models: unknown model `resnet50`: the zoo has hang, crash, slow, diverge"
+        ),
         "{log}"
     );
     assert!(!runs.exists(), "nothing is written for a bad plan");

@@ -27,6 +27,8 @@ pub const RECORD_JSON: &str = "sweep_run.json";
 pub const STDOUT_LOG: &str = "stdout.log";
 /// `nin train`'s standard error, appended over attempts (each opens with a header line).
 pub const STDERR_LOG: &str = "stderr.log";
+/// Opens each attempt's section of `stderr.log`.
+const ATTEMPT_HEADER: &str = "== sweep attempt ";
 /// Seconds a run gets to checkpoint after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(60);
 
@@ -284,7 +286,7 @@ pub fn execute(a: &Attempt<'_>) -> anyhow::Result<RunRecord> {
     record.attempts += 1;
     writeln!(
         stderr,
-        "== sweep attempt {} on {} at unix {}: {} {}",
+        "{ATTEMPT_HEADER}{} on {} at unix {}: {} {}",
         record.attempts,
         record.host,
         record.started_unix,
@@ -394,14 +396,23 @@ fn verdict(a: &Attempt<'_>, exit: &sys::Exit, over_time: bool) -> (RecordState, 
 /// The last `error:` line of the run's stderr log (or its last line).
 pub fn last_error(run_dir: &Path) -> String {
     let text = std::fs::read_to_string(run_dir.join(STDERR_LOG)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Only the last attempt's output, without the sweep's own header line.
+    let last_attempt = match text.rsplit_once(ATTEMPT_HEADER) {
+        // The rest of the header line, then the attempt's output.
+        Some((_, t)) => t.split_once('\n').map_or("", |(_, out)| out),
+        None => text.as_str(),
+    };
+    let lines: Vec<&str> = last_attempt
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     lines
         .iter()
         .rev()
         .find(|l| l.starts_with("error:"))
         .or(lines.last())
         .map(|l| l.trim().to_string())
-        .unwrap_or_else(|| format!("no output (see {})", run_dir.join(STDERR_LOG).display()))
+        .unwrap_or_else(|| "no error message".to_string())
 }
 
 /// This machine's name (for records and `status`).
@@ -416,4 +427,30 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_the_last_attempts_error_line() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join(STDERR_LOG);
+        std::fs::write(
+            &log,
+            format!(
+                "{ATTEMPT_HEADER}1 on vm: nin train\nerror: first\n{ATTEMPT_HEADER}2 on vm: nin train\ntraining nin\nerror: second\nnote: after\n"
+            ),
+        )?;
+        assert_eq!(last_error(dir.path()), "error: second");
+        std::fs::write(
+            &log,
+            format!("{ATTEMPT_HEADER}1 on vm: nin train --quiet\n"),
+        )?;
+        assert_eq!(last_error(dir.path()), "no error message");
+        std::fs::write(&log, "Segmentation fault\n")?;
+        assert_eq!(last_error(dir.path()), "Segmentation fault");
+        Ok(())
+    }
 }

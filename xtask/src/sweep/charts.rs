@@ -307,10 +307,11 @@ where
         .max()
         .unwrap_or(1);
     let (y0, y1) = padded(rows.iter().flat_map(|r| r.curve.iter().map(|c| c.1)), 0.1);
+    // Room on the right for the model names at the curves' ends.
     let (x0, x1) = if max_epoch <= 1 {
         (0.5, 1.5)
     } else {
-        (1.0, max_epoch as f64)
+        (1.0, max_epoch as f64 + 0.12 * (max_epoch - 1) as f64)
     };
     let mut chart = ChartBuilder::on(&plot)
         .caption("Learning curves: test top-1 per epoch", ("sans-serif", 24))

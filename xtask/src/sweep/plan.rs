@@ -630,6 +630,25 @@ time_limit = "1h30m"
     }
 
     #[test]
+    fn shipped_plans_are_valid() -> anyhow::Result<()> {
+        let sweeps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&sweeps)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path)?;
+                let plan = parse(&text, &path, None, None)
+                    .with_context(|| format!("{}", path.display()))?;
+                assert!(!plan.runs.is_empty());
+                names.push(plan.name);
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["cifar10-cpu", "cifar10-mini", "paper", "smoke"]);
+        Ok(())
+    }
+
+    #[test]
     fn durations_and_sizes_parse() {
         assert_eq!(parse_duration("90s"), Ok(90));
         assert_eq!(parse_duration("2h"), Ok(7200));

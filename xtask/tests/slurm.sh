@@ -45,12 +45,20 @@ work=$(mktemp -d /tmp/nin-slurm-test.XXXXXX)
 started_munged=""
 cleanup() {
     status=$?
-    if [ -f "$work/slurmd.pid" ]; then kill "$(cat "$work/slurmd.pid")" 2>/dev/null || true; fi
-    if [ -f "$work/slurmctld.pid" ]; then kill "$(cat "$work/slurmctld.pid")" 2>/dev/null || true; fi
-    if [ -n "$started_munged" ] && [ -f "$work/munged.pid" ]; then
-        kill "$(cat "$work/munged.pid")" 2>/dev/null || true
-    fi
-    sleep 1
+    pids=""
+    for daemon in slurmd slurmctld ${started_munged:+munged}; do
+        if [ -f "$work/$daemon.pid" ]; then
+            pid=$(cat "$work/$daemon.pid")
+            kill "$pid" 2>/dev/null && pids="$pids $pid"
+        fi
+    done
+    # Wait (up to 10 s) until the daemons this test started have exited.
+    for _ in $(seq 100); do
+        alive=""
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && break
+        sleep 0.1
+    done
     if [ "$status" != 0 ]; then
         echo "slurm test: FAILED (exit $status); daemon logs:" >&2
         tail -n 30 "$work"/slurmctld.log "$work"/slurmd.log 2>/dev/null >&2 || true

@@ -11,8 +11,13 @@ mod common;
 mod data;
 mod eval;
 mod exit;
+mod export;
+mod finetune;
+mod import;
 mod list;
+mod model_arg;
 mod predict;
+mod pth;
 mod runtime;
 mod train;
 
@@ -39,6 +44,10 @@ enum Command {
     Data(data::DataArgs),
     /// Images per second of inference and training steps (CSV as benches/pytorch/bench_nin.py).
     Bench(bench::BenchArgs),
+    /// Write a run or model directory as a Hub-ready repository with a model card.
+    Export(export::ExportArgs),
+    /// Convert a PyTorch checkpoint (.pth) into a model directory.
+    Import(import::ImportArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,6 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::List(args) => list::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     }
 }
 

@@ -14,7 +14,7 @@ use nin_data::{
     Dataset, Holdout, ImageSet, LabelKind, Loader, LoaderConfig, Normalize, Preprocess, Split, Zca,
     ZcaConfig,
 };
-use nin_format::files::{RUN_JSON, WHITENING_SAFETENSORS};
+use nin_format::files::{RUN_JSON, TRAINER_STATE_JSON, WHITENING_SAFETENSORS};
 use nin_format::{
     DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
 };
@@ -25,6 +25,7 @@ use crate::common::{
 };
 use crate::data::DatasetArg;
 use crate::exit::Interrupted;
+use crate::finetune::Source;
 
 /// Arguments of `nin train`.
 #[derive(Debug, Args)]
@@ -87,11 +88,21 @@ pub struct TrainArgs {
     /// No progress bar (one line per epoch only).
     #[arg(long)]
     quiet: bool,
+    /// Start from a pretrained model (a model directory): every tensor whose name and shape
+    /// match is copied, the rest (e.g. a new class layer) keep their seeded initialisation.
+    /// Without --model, the source's architecture is trained with the dataset's class count.
+    #[arg(long, value_name = "MODEL")]
+    init_from: Option<String>,
+    /// Never touch the network to resolve --init-from (use the local cache).
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Runs `nin train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let kill_point = KillPoint::from_env()?;
+    let mut init_source = None;
+    let mut whitening_from_source = false;
     let threads = set_threads(args.threads)?;
     let (mut run, out) = if args.resume {
         let out = args.out.clone().context("--resume needs --out DIR")?;
@@ -112,7 +123,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         (run, Some(out))
     } else {
-        new_run(&args, threads)?
+        let source = args
+            .init_from
+            .as_deref()
+            .map(|spec| Source::read(spec, args.offline))
+            .transpose()?;
+        let (run, out) = new_run(&args, threads, source.as_ref())?;
+        if let Some(source) = &source {
+            // Refuse a source that shares nothing with the model before loading any data.
+            let probe = nin_zoo::create_model(
+                &run.model.name,
+                run.model.num_classes,
+                Some(&run.model.model_args),
+                run.seed,
+                &candle_core::Device::Cpu,
+            )?;
+            source.apply(&probe.varmap, &run.model.name)?;
+        }
+        init_source = source;
+        (run, out)
     };
     let spec = run.data.clone();
     let device = parse_device(&run.device)?;
@@ -144,7 +173,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_set = eval_set.limit(n);
     }
     let preprocess = match run.recipe.input {
-        InputTransform::Normalize => nin_zoo::preprocess_of(&out, &run.model_dir_config())?,
+        InputTransform::Normalize => {
+            if let Some(source) = &init_source {
+                if source.config.pretrained_cfg.whitening.is_some() {
+                    eprintln!(
+                        "note: {} was trained on GCN + ZCA whitened inputs, but recipe {} normalises by mean/std: \
+                         the kept filters will see inputs of other statistics (--recipe paper reuses the source's whitening)",
+                        source.spec, run.recipe.name
+                    );
+                }
+            }
+            nin_zoo::preprocess_of(&out, &run.model_dir_config())?
+        }
         InputTransform::GcnZca {
             gcn_scale,
             regularizer,
@@ -153,7 +193,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 gcn_scale,
                 regularizer,
             };
-            let zca = whitening(&mut run, &out, &train_set, cfg, args.resume)?;
+            let (zca, from_source) = whitening(
+                &mut run,
+                &out,
+                &train_set,
+                cfg,
+                args.resume,
+                init_source.as_ref(),
+            )?;
+            whitening_from_source = from_source;
             Preprocess::GcnZca(Arc::new(zca))
         }
     };
@@ -189,6 +237,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run.seed,
         &device,
     )?;
+    if let Some(source) = &init_source {
+        let mut init = source.apply(&created.varmap, &run.model.name)?;
+        init.whitening_from_source = whitening_from_source;
+        eprintln!("{}", crate::finetune::describe(&init));
+        run.init_from = Some(init);
+    } else if let Some(init) = &run.init_from {
+        if args.resume && !out.join(TRAINER_STATE_JSON).is_file() {
+            crate::finetune::reapply(init, args.offline, &created.varmap, &run.model.name, &out)?;
+            eprintln!("{}", crate::finetune::describe(init));
+        }
+    }
     eprintln!(
         "{} {} on {} ({} train / {} {} images), recipe {}, {} epochs, batch {}, {} threads, {} → {}",
         if args.resume { "resuming" } else { "training" },
@@ -277,18 +336,45 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// The run's GCN + ZCA transform: fitted on `train_set` and saved into `out` for a new run (the
-/// engine copies it into every model directory it writes), read back from `out` on `--resume`.
+/// engine copies it into every model directory it writes), read back from `out` on `--resume`,
+/// or, for a run fine-tuned from a whitened model, the source's (then the flag is true).
 fn whitening(
     run: &mut RunConfig,
     out: &Path,
     train_set: &ImageSet,
     cfg: ZcaConfig,
     resume: bool,
-) -> anyhow::Result<Zca> {
+    source: Option<&Source>,
+) -> anyhow::Result<(Zca, bool)> {
     let path = out.join(WHITENING_SAFETENSORS);
     if resume {
-        return Zca::load(&path)
-            .with_context(|| format!("--resume: the run's whitening {}", path.display()));
+        let zca = Zca::load(&path)
+            .with_context(|| format!("--resume: the run's whitening {}", path.display()))?;
+        return Ok((zca, false));
+    }
+    if let Some(source) = source {
+        // The kept filters were trained on the source's whitened inputs: refitting the
+        // transform on the new data would change what they see, so the source's is reused
+        // (CIFAR-10's and CIFAR-100's image statistics are close; the class layer is new).
+        if let Some(from) = source.whitening_path()? {
+            let zca = Zca::load(&from)
+                .with_context(|| format!("--init-from {}: its whitening", source.spec))?;
+            if zca.gcn_scale != cfg.gcn_scale {
+                eprintln!(
+                    "note: reusing the whitening of {} (GCN scale {}), not the recipe's (GCN scale {})",
+                    source.spec, zca.gcn_scale, cfg.gcn_scale
+                );
+            } else {
+                eprintln!("reusing the GCN + ZCA whitening of {}", source.spec);
+            }
+            zca.save(&path)?;
+            run.pretrained_cfg.whitening = Some(WHITENING_SAFETENSORS.to_string());
+            return Ok((zca, true));
+        }
+        eprintln!(
+            "note: {} was trained on mean/std-normalised inputs; recipe {} whitens them with a transform fitted now",
+            source.spec, run.recipe.name
+        );
     }
     eprintln!(
         "fitting GCN (scale {}) + ZCA (regulariser {}) on {} training images",
@@ -299,11 +385,15 @@ fn whitening(
     let zca = Zca::fit(train_set, cfg)?;
     zca.save(&path)?;
     run.pretrained_cfg.whitening = Some(WHITENING_SAFETENSORS.to_string());
-    Ok(zca)
+    Ok((zca, false))
 }
 
 /// The run configuration the flags ask for, and the `--out` folder if one was given.
-fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
+fn new_run(
+    args: &TrainArgs,
+    threads: usize,
+    source: Option<&Source>,
+) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
     let recipe_name = args.recipe.as_deref().unwrap_or("cpu_quick");
     let mut recipe = read_recipe(recipe_name)?;
     if let Some(e) = args.epochs {
@@ -324,7 +414,17 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, Optio
         .map(serde_json::from_str::<serde_json::Value>)
         .transpose()
         .context("--model-args: not valid JSON")?;
-    let model_name = args.model.clone().unwrap_or_else(|| "nin".to_string());
+    // Fine-tuning without --model trains the source's architecture, with the new class count.
+    let (model_name, overrides) = match (source, &args.model) {
+        (Some(source), None) => {
+            let (name, full) = source.default_model(num_classes, overrides.as_ref())?;
+            (name, Some(full))
+        }
+        _ => (
+            args.model.clone().unwrap_or_else(|| "nin".to_string()),
+            overrides,
+        ),
+    };
     let (model, overrides) = if recipe.prefer_batch_norm {
         let chosen = nin_zoo::with_batch_norm(&model_name, num_classes, overrides.clone())?;
         if chosen.0 != model_name {
@@ -383,6 +483,8 @@ fn new_run(args: &TrainArgs, threads: usize) -> anyhow::Result<(RunConfig, Optio
         device,
         checkpoint_every_steps: (checkpoint_every > 0).then_some(checkpoint_every),
         versions,
+        // Filled in once the model is built and the source's tensors are copied into it.
+        init_from: None,
     };
     Ok((run, args.out.clone()))
 }
@@ -460,6 +562,14 @@ fn refuse_contradicting_flags(args: &TrainArgs, run: &RunConfig) -> anyhow::Resu
         run.seed.to_string(),
     );
     check("--device", args.device.clone(), run.device.clone());
+    check(
+        "--init-from",
+        args.init_from.clone(),
+        run.init_from
+            .as_ref()
+            .map(|i| i.source.clone())
+            .unwrap_or_else(|| "none (a seeded initialisation)".into()),
+    );
     check(
         "--data",
         args.data.as_ref().map(|p| p.display().to_string()),

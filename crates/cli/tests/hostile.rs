@@ -137,6 +137,25 @@ fn data_info(data: &Path) -> Vec<String> {
     strings(&["data", "info", "--data", &data.display().to_string()])
 }
 
+/// The plain state dict of `testdata/gen_import_fixture.py`.
+fn fixture_pth() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/seq_nin_plain.pth")
+}
+
+/// `nin import --pth PATH --model nin --dry-run` plus `extra`.
+fn import(path: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "import",
+        "--pth",
+        &path.display().to_string(),
+        "--model",
+        "nin",
+        "--dry-run",
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 fn cases() -> Vec<Case> {
     vec![
         // Archives and record files.
@@ -647,6 +666,124 @@ fn cases() -> Vec<Case> {
             },
             code: 2,
             words: &["--split val", "no run.json"],
+        },
+        // Fine-tuning, export and import.
+        Case {
+            name: "train --init-from a folder that does not exist",
+            setup: |d| {
+                strings(&[
+                    "train",
+                    "--init-from",
+                    &d.join("nope").display().to_string(),
+                ])
+            },
+            code: 2,
+            words: &["--init-from", "nope", "not a model directory"],
+        },
+        Case {
+            name: "train --init-from a model with a damaged config.json",
+            setup: |d| {
+                let m = model(d, Some("{\"model\": "));
+                strings(&["train", "--init-from", &m.display().to_string()])
+            },
+            code: 2,
+            words: &["--init-from", "config.json"],
+        },
+        Case {
+            name: "export of a folder that is neither a run nor a model",
+            setup: |d| {
+                strings(&[
+                    "export",
+                    &d.display().to_string(),
+                    "--out",
+                    &d.join("repo").display().to_string(),
+                ])
+            },
+            code: 2,
+            words: &["holds neither run.json", "config.json"],
+        },
+        Case {
+            name: "import of a file that is not a checkpoint",
+            setup: |d| {
+                let path = d.join("x.pth");
+                std::fs::write(&path, b"not a zip at all").expect("written");
+                import(&path, &[])
+            },
+            code: 2,
+            words: &["x.pth", "not a PyTorch checkpoint"],
+        },
+        Case {
+            name: "import of a truncated checkpoint",
+            setup: |d| {
+                let path = d.join("cut.pth");
+                let bytes = std::fs::read(fixture_pth()).expect("fixture");
+                std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("written");
+                import(&path, &[])
+            },
+            code: 2,
+            words: &["cut.pth", "not a PyTorch checkpoint"],
+        },
+        Case {
+            name: "import of a zip whose pickle is garbage",
+            setup: |d| {
+                let path = d.join("garbage.pth");
+                let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).expect("created"));
+                let stored = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored);
+                zip.start_file("archive/data.pkl", stored).expect("member");
+                std::io::Write::write_all(&mut zip, b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02)Rq\x03u.")
+                    .expect("pickle");
+                zip.finish().expect("zip");
+                import(&path, &[])
+            },
+            code: 2,
+            words: &["garbage.pth"],
+        },
+        Case {
+            name: "import of a checkpoint whose storage is shorter than its tensor",
+            setup: |d| {
+                // The fixture re-zipped with one storage cut in half.
+                let path = d.join("short.pth");
+                let mut src =
+                    zip::ZipArchive::new(std::fs::File::open(fixture_pth()).expect("fixture"))
+                        .expect("zip");
+                let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).expect("created"));
+                let stored = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored);
+                for i in 0..src.len() {
+                    let mut member = src.by_index(i).expect("member");
+                    let name = member.name().expect("member name").into_owned();
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut member, &mut bytes).expect("read");
+                    if name.ends_with("/data/0") {
+                        bytes.truncate(bytes.len() / 2);
+                    }
+                    zip.start_file(name, stored).expect("member");
+                    std::io::Write::write_all(&mut zip, &bytes).expect("written");
+                }
+                zip.finish().expect("zip");
+                import(&path, &[])
+            },
+            code: 2,
+            words: &["short.pth", "bytes of storage"],
+        },
+        Case {
+            name: "import --key naming no entry",
+            setup: |_| import(&fixture_pth(), &["--key", "weights"]),
+            code: 2,
+            words: &["seq_nin_plain.pth", "--key weights"],
+        },
+        Case {
+            name: "import --map with an invalid regex",
+            setup: |_| import(&fixture_pth(), &["--map", "features.(0=x"]),
+            code: 2,
+            words: &["--map features.(0=x", "not a valid regex"],
+        },
+        Case {
+            name: "import --map without =",
+            setup: |_| import(&fixture_pth(), &["--map", "features"]),
+            code: 2,
+            words: &["--map features", "REGEX=REPLACEMENT"],
         },
     ]
 }

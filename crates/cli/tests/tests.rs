@@ -6,7 +6,9 @@ mod bench;
 #[cfg(unix)]
 mod crash;
 mod data;
+mod export;
 mod faults;
+mod finetune;
 mod hostile;
 mod lifecycle;
 mod train;

@@ -52,6 +52,6 @@ pub use metrics::{
 };
 pub use model_dir::{ModelDirConfig, PretrainedCfg};
 pub use recipe::{Augment, InputTransform, LrMultipliers, OptimizerConfig, Recipe, RECIPE_NAMES};
-pub use run::{DataSpec, ModelSpec, RunConfig};
+pub use run::{DataSpec, InitFrom, ModelSpec, RunConfig};
 pub use schedule::{Monitor, Schedule};
 pub use state::{EpochProgress, ScheduleState, TrainerState};

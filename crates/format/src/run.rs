@@ -70,6 +70,30 @@ pub struct RunConfig {
     pub checkpoint_every_steps: Option<usize>,
     /// Software versions (`nin-train` is filled in by the engine; the CLI adds its own).
     pub versions: BTreeMap<String, String>,
+    /// The pretrained model the run started from (`nin train --init-from`); `None` for a run
+    /// initialised from its seed. Absent in `run.json` files written before fine-tuning existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// Where a fine-tuned run's initial weights came from (`nin train --init-from`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitFrom {
+    /// The model as the user named it: a model directory, a registry tag or
+    /// `hf-hub:owner/name[@revision]`.
+    pub source: String,
+    /// Where it resolved to: a canonical local path, or the Hub repository and commit.
+    pub origin: String,
+    /// The source's preset name (its `config.json` `model`).
+    pub model: String,
+    /// Names of the tensors copied from the source (name and shape matched), sorted.
+    pub kept: Vec<String>,
+    /// Names of the tensors left at their seeded initialisation, sorted.
+    pub reinitialised: Vec<String>,
+    /// Whether the run reuses the source's GCN + ZCA whitening rather than fitting its own.
+    #[serde(default)]
+    pub whitening_from_source: bool,
 }
 
 impl RunConfig {
@@ -87,5 +111,64 @@ impl RunConfig {
     /// Reads `run.json` from a run folder.
     pub fn load(run_dir: &Path) -> Result<Self> {
         read_json(&run_dir.join(RUN_JSON))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    fn run() -> RunConfig {
+        RunConfig {
+            recipe: Recipe::cpu_quick(),
+            model: ModelSpec {
+                name: "nin".into(),
+                num_classes: 100,
+                model_args: serde_json::json!({"num_classes": 100}),
+            },
+            pretrained_cfg: PretrainedCfg {
+                input_size: [3, 32, 32],
+                mean: vec![0.5; 3],
+                std: vec![0.25; 3],
+                whitening: None,
+                extra: Default::default(),
+            },
+            label_names: Vec::new(),
+            data: DataSpec {
+                dataset: Dataset::Cifar100,
+                data: None,
+                limit_train: None,
+                limit_eval: None,
+                val: None,
+                eval_split: Split::Test,
+            },
+            seed: 0,
+            threads: 1,
+            device: "cpu".into(),
+            checkpoint_every_steps: None,
+            versions: BTreeMap::new(),
+            init_from: None,
+        }
+    }
+
+    #[test]
+    fn run_json_without_init_from_still_reads_and_a_fine_tuned_one_round_trips() {
+        let plain = serde_json::to_value(run()).unwrap();
+        assert!(plain.get("init_from").is_none(), "not written when absent");
+        let back: RunConfig = serde_json::from_value(plain).unwrap();
+        assert_eq!(back.init_from, None);
+
+        let mut tuned = run();
+        tuned.init_from = Some(InitFrom {
+            source: "runs/nin_cifar10_s0/best".into(),
+            origin: "/home/me/runs/nin_cifar10_s0/best".into(),
+            model: "nin".into(),
+            kept: vec!["mlpconv1.conv.weight".into()],
+            reinitialised: vec!["mlpconv3.mlp.1.weight".into()],
+            whitening_from_source: false,
+        });
+        let text = serde_json::to_string(&tuned).unwrap();
+        assert_eq!(serde_json::from_str::<RunConfig>(&text).unwrap(), tuned);
     }
 }

@@ -195,6 +195,7 @@ pub fn run_config(recipe: Recipe, seed: u64, every: Option<usize>) -> RunConfig 
         device: "cpu".into(),
         checkpoint_every_steps: every,
         versions: BTreeMap::new(),
+        init_from: None,
     }
 }
 

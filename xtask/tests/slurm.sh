@@ -130,11 +130,19 @@ done
 echo "slurm test: single-node SLURM up in $(($(date +%s) - t0)) s"
 
 runs="$work/runs"
-"$xtask" sweep run xtask/tests/slurm-smoke.toml --backend slurm --runs "$runs"
-echo "slurm test: submitted at $(($(date +%s) - t0)) s"
+# Submit and wait (--wait) in the background, while this script plays the preemption below.
+"$xtask" sweep run xtask/tests/slurm-smoke.toml --backend slurm --runs "$runs" --wait \
+    >"$work/wait.txt" 2>&1 &
+waiter=$!
 dir="$runs/smoke-slurm"
-job=$(sed -n 's/.*"job_id": "\([0-9]*\)".*/\1/p' "$dir/sweep.json" | head -n 1)
-[ -n "$job" ] || { echo "no job id recorded in $dir/sweep.json" >&2; exit 1; }
+job=""
+for _ in $(seq 300); do
+    job=$(sed -n 's/.*"job_id": "\([0-9]*\)".*/\1/p' "$dir/sweep.json" 2>/dev/null | head -n 1 || true)
+    [ -n "$job" ] && break
+    sleep 0.1
+done
+[ -n "$job" ] || { echo "no job id recorded in $dir/sweep.json" >&2; cat "$work/wait.txt" >&2; exit 1; }
+echo "slurm test: submitted array job $job at $(($(date +%s) - t0)) s"
 
 # Preemption: once task 0 is training, requeue it; SLURM sends SIGTERM, nin saves a checkpoint
 # and the requeued task resumes the run from it.
@@ -167,6 +175,11 @@ while [ -n "$(squeue -h -j "$job" -o %i)" ]; do
     [ -z "${SLURM_TEST_VERBOSE:-}" ] || squeue -h -r -j "$job" -o "%i %T %r %S" | sed "s/^/  $(($(date +%s) - t0)) s: /"
     sleep 2
 done
+# `sweep run --wait` returns once the job has left the queue, 0 when every run is done.
+wait_status=0
+wait "$waiter" || wait_status=$?
+[ "$wait_status" = 0 ] || { echo "sweep run --wait exited $wait_status" >&2; cat "$work/wait.txt" >&2; exit 1; }
+grep -q "2 runs: 2 done" "$work/wait.txt" || { cat "$work/wait.txt" >&2; exit 1; }
 echo "slurm test: the job left the queue at $(($(date +%s) - t0)) s"
 "$xtask" sweep status smoke-slurm --runs "$runs" | tee "$work/status.txt"
 grep -q "^2 runs: 2 done" "$work/status.txt" || { echo "not every run is done" >&2; exit 1; }

@@ -1,33 +1,31 @@
 //! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`).
-#![forbid(unsafe_code)]
+//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`) and `sweep`
+//! (comparative training sweeps, locally or on SLURM: see the `sweep` module).
+#![deny(unsafe_code)]
+
+mod cli;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("tidy") => match tidy(&project_root()) {
-            Ok(()) => {
-                println!("tidy: ok");
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                for p in problems {
-                    eprintln!("tidy: {p}");
-                }
-                ExitCode::from(1)
-            }
-        },
-        Some(other) => {
-            eprintln!("unknown task `{other}`; known tasks: tidy");
-            ExitCode::from(2)
+    cli::main()
+}
+
+/// Runs `tidy` and prints its findings.
+fn run_tidy() -> ExitCode {
+    match tidy(&project_root()) {
+        Ok(()) => {
+            println!("tidy: ok");
+            ExitCode::SUCCESS
         }
-        None => {
-            eprintln!("usage: cargo xtask <task>; known tasks: tidy");
-            ExitCode::from(2)
+        Err(problems) => {
+            for p in problems {
+                eprintln!("tidy: {p}");
+            }
+            ExitCode::from(1)
         }
     }
 }

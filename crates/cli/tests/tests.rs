@@ -13,4 +13,5 @@ mod hostile;
 #[cfg(feature = "hub")]
 mod hub;
 mod lifecycle;
+mod pretrained;
 mod train;

@@ -16,10 +16,10 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const REPO: &str = "nin-zoo/tiny";
 
-/// `config.json` and `model.safetensors` of a narrow NIN (fast to save, serve and load).
 /// Files of a repository, by name.
 type Files = Vec<(&'static str, Vec<u8>)>;
 
+/// `config.json` and `model.safetensors` of a narrow NIN (fast to save, serve and load).
 fn tiny_model_files() -> Result<Files, Box<dyn std::error::Error>> {
     let small = serde_json::json!({"mlpconv1": [16, 16, 16], "mlpconv2": [16, 16, 16], "mlpconv3": [16, 10]});
     let created = nin_zoo::create_model("nin", 10, Some(&small), 5, &Device::Cpu)?;

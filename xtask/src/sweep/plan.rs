@@ -207,7 +207,7 @@ pub fn parse(
 
     let base_table = file.recipe.clone().unwrap_or_default();
     let base_name = match base_table.get("name") {
-        None => "cpu_quick".to_string(),
+        None => nin_format::DEFAULT_RECIPE.to_string(),
         Some(toml::Value::String(s)) => s.clone(),
         Some(other) => bail!("recipe.name: expected a recipe name string, got {other:?}"),
     };

@@ -293,7 +293,7 @@ pub fn parse(
                 let key_prefix = match variant {
                     Some(id) => format!("variants[{id}].recipe"),
                     None if file.per_model.contains_key(model) => {
-                        format!("recipe (with per_model.{model})")
+                        format!("per_model.{model}.recipe")
                     }
                     None => "recipe".to_string(),
                 };

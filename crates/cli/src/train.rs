@@ -16,7 +16,7 @@ use nin_data::{
 };
 use nin_format::files::{RUN_JSON, TRAINER_STATE_JSON, WHITENING_SAFETENSORS};
 use nin_format::{
-    DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig,
+    DataSpec, EpochRecord, InputTransform, ModelSpec, PretrainedCfg, Recipe, RunConfig, StemInit,
 };
 use nin_train::{CheckpointStage, Control, EvalReport, Finish, Progress, StartReport, StepReport};
 
@@ -206,6 +206,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Preprocess::GcnZca(Arc::new(zca))
         }
     };
+    let created = nin_zoo::create_model(
+        &run.model.name,
+        run.model.num_classes,
+        Some(&run.model.model_args),
+        run.seed,
+        &device,
+    )?;
+    // A new run (or one killed before its first checkpoint) fits its first layer to the data.
+    let fresh = !out.join(TRAINER_STATE_JSON).is_file();
+    if let StemInit::WhitenedPatches { images, eps } = run.recipe.stem_init {
+        if fresh && init_source.is_none() && run.init_from.is_none() {
+            let Preprocess::Normalize(normalize) = &preprocess else {
+                bail!(
+                    "recipe {}: stem_init whitened_patches needs inputs normalised by mean/std; GCN + ZCA inputs are whitened already",
+                    run.recipe.name
+                );
+            };
+            let what = init_stem(&created.varmap, &train_set, normalize, images, eps)?;
+            eprintln!("{what}");
+        }
+    }
     let train_cfg = LoaderConfig {
         augment: run.recipe.augment.is_active().then_some(run.recipe.augment),
         ..LoaderConfig::train(run.recipe.batch_size, run.seed)
@@ -231,13 +252,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
 
-    let created = nin_zoo::create_model(
-        &run.model.name,
-        run.model.num_classes,
-        Some(&run.model.model_args),
-        run.seed,
-        &device,
-    )?;
     if let Some(source) = &init_source {
         let mut init = source.apply(&created.varmap, &run.model.name)?;
         init.whitening_from_source = whitening_from_source;
@@ -816,4 +830,54 @@ impl KillPoint {
             }
         }
     }
+}
+
+/// Sets the first convolution of a new model (the only weight of shape `[O, 3, k, k]`, k > 1)
+/// to whitening filters of the training patches (`nin_data::whitened_patch_filters`), as many as
+/// fit in its `O` filters; says what it did.
+fn init_stem(
+    varmap: &candle_nn::VarMap,
+    train_set: &nin_data::ImageSet,
+    normalize: &nin_data::Normalize,
+    images: usize,
+    eps: f64,
+) -> anyhow::Result<String> {
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("the variable map's lock is never poisoned");
+    let mut stems: Vec<(&String, &candle_core::Var)> = vars
+        .iter()
+        .filter(|(_, v)| matches!(v.dims(), &[_, 3, k, k2] if k == k2 && k > 1))
+        .collect();
+    stems.sort_by_key(|(name, _)| name.as_str());
+    let [(name, var)] = stems.as_slice() else {
+        bail!(
+            "recipe stem_init whitened_patches: expected one first convolution (a weight of shape [O, 3, k, k]), found {}: {}",
+            stems.len(),
+            stems.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let (out_channels, _, kernel, _) = var.dims4()?;
+    let filters =
+        nin_data::whitened_patch_filters(train_set, normalize, kernel, out_channels, images, eps)?;
+    let count = filters.len() / (3 * kernel * kernel);
+    let fitted = candle_core::Tensor::from_vec(filters, (count, 3, kernel, kernel), var.device())?
+        .to_dtype(var.dtype())?;
+    let weight = if count < out_channels {
+        candle_core::Tensor::cat(
+            &[
+                &fitted,
+                &var.as_tensor().narrow(0, count, out_channels - count)?,
+            ],
+            0,
+        )?
+    } else {
+        fitted
+    };
+    var.set(&weight)?;
+    Ok(format!(
+        "stem: {count} of the {out_channels} filters of {name} ({kernel}×{kernel}) whiten the patches of {} training images",
+        images.min(train_set.len())
+    ))
 }

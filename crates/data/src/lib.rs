@@ -39,6 +39,7 @@ mod error;
 mod loader;
 mod normalize;
 mod rng;
+mod stem;
 mod zca;
 
 pub use archive::{
@@ -61,6 +62,7 @@ pub use loader::{
     Preprocess,
 };
 pub use normalize::Normalize;
+pub use stem::whitened_patch_filters;
 pub use zca::{
     gcn, Zca, ZcaConfig, ZcaTensors, MAX_WHITENING_BYTES, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN,
 };

@@ -52,7 +52,7 @@ pub use metrics::{
 };
 pub use model_dir::{ModelDirConfig, PretrainedCfg};
 pub use recipe::{
-    Augment, InputTransform, LrMultipliers, OptimizerConfig, Recipe, TestTimeAugment,
+    Augment, InputTransform, LrMultipliers, OptimizerConfig, Recipe, StemInit, TestTimeAugment,
     DEFAULT_RECIPE, RECIPE_NAMES,
 };
 pub use run::{DataSpec, InitFrom, ModelSpec, RunConfig};

@@ -69,6 +69,31 @@ impl TestTimeAugment {
     }
 }
 
+/// How the first convolution (the one that sees pixels) starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum StemInit {
+    /// The model's own random initialisation.
+    #[default]
+    Random,
+    /// Whitening filters of the training images' patches, each with its negation, in as many
+    /// of the layer's filters as they fill (the rest keep their random values); fitted on the
+    /// first `images` training images when the run starts (`nin_data::whitened_patch_filters`).
+    WhitenedPatches {
+        /// Training images the patch statistics are taken from.
+        images: usize,
+        /// Added to each eigenvalue before the inverse square root.
+        eps: f64,
+    },
+}
+
+impl StemInit {
+    /// Whether the first layer keeps the model's own initialisation (nothing to record).
+    pub fn is_random(&self) -> bool {
+        *self == StemInit::Random
+    }
+}
+
 /// How pixels become the network's inputs (the engine records it; the CLI builds the data
 /// pipeline from it and stores what evaluation needs in the model directory).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +257,10 @@ pub struct Recipe {
     /// the accuracy that picks `best/`); absent in recipe files means none.
     #[serde(default, skip_serializing_if = "TestTimeAugment::is_none")]
     pub eval_tta: TestTimeAugment,
+    /// How the first convolution starts (absent in recipe files means the model's own
+    /// initialisation).
+    #[serde(default, skip_serializing_if = "StemInit::is_random")]
+    pub stem_init: StemInit,
 }
 
 /// Names accepted by [`Recipe::by_name`].
@@ -286,6 +315,7 @@ impl Recipe {
             },
             prefer_batch_norm: false,
             eval_tta: TestTimeAugment::None,
+            stem_init: StemInit::Random,
         }
     }
 
@@ -316,6 +346,7 @@ impl Recipe {
             input: InputTransform::Normalize,
             prefer_batch_norm: true,
             eval_tta: TestTimeAugment::None,
+            stem_init: StemInit::Random,
         }
     }
 
@@ -358,6 +389,7 @@ impl Recipe {
             input: InputTransform::Normalize,
             prefer_batch_norm: false,
             eval_tta: TestTimeAugment::None,
+            stem_init: StemInit::Random,
         }
     }
 
@@ -419,6 +451,7 @@ impl Recipe {
             input: InputTransform::Normalize,
             prefer_batch_norm: true,
             eval_tta: TestTimeAugment::Flip,
+            stem_init: StemInit::Random,
         }
     }
 
@@ -486,6 +519,17 @@ impl Recipe {
                 return bad(
                     "input.regularizer",
                     format!("must be finite and >= 0, got {regularizer}"),
+                );
+            }
+        }
+        if let StemInit::WhitenedPatches { images, eps } = self.stem_init {
+            if images == 0 {
+                return bad("stem_init.images", "must be > 0, got 0".into());
+            }
+            if !(eps.is_finite() && eps > 0.0) {
+                return bad(
+                    "stem_init.eps",
+                    format!("must be finite and > 0, got {eps}"),
                 );
             }
         }

@@ -336,3 +336,54 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
     assert!(err.contains("whitening.safetensors"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_whitened_stem_recipe_starts_the_first_layer_from_the_patches() -> TestResult {
+    let Some(archive) = cifar10_archive() else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return Ok(());
+    };
+    let archive = archive.display().to_string();
+    let tmp = tempfile::tempdir()?;
+    let mut recipe = serde_json::to_value(nin_format::Recipe::cpu_fast())?;
+    recipe["stem_init"] =
+        serde_json::json!({"kind": "whitened_patches", "images": 64, "eps": 1e-3});
+    let recipe_path = tmp.path().join("recipe.json");
+    std::fs::write(&recipe_path, serde_json::to_vec(&recipe)?)?;
+    let recipe_str = recipe_path.display().to_string();
+    let run = tmp.path().join("run");
+    let run_str = run.display().to_string();
+    let mut args = train_args(&archive, &run_str);
+    // A rate of 0 keeps the initial weights to the end, where the test reads them.
+    args.extend(["--recipe", &recipe_str, "--lr", "0"]);
+    let out = nin_ok(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stem: 32 of the 32 filters of mlpconv1.conv.weight (5×5) whiten the patches of 64 training images"),
+        "{stderr}"
+    );
+    // Pairs of opposite filters, none zero.
+    let initial = weights(&run);
+    let stem = initial["mlpconv1.conv.weight"]
+        .flatten_from(1)?
+        .to_vec2::<f32>()?;
+    for pair in stem.chunks(2) {
+        assert!(pair[0].iter().any(|v| *v != 0.0));
+        assert!(pair[0].iter().zip(&pair[1]).all(|(a, b)| *a == -*b));
+    }
+
+    // GCN + ZCA inputs are whitened already: the combination is refused, naming the field.
+    recipe["input"] = serde_json::json!({"kind": "gcn_zca", "gcn_scale": 55.0, "regularizer": 0.1});
+    std::fs::write(&recipe_path, serde_json::to_vec(&recipe)?)?;
+    let other = tmp.path().join("zca").display().to_string();
+    let mut args = train_args(&archive, &other);
+    args.extend(["--recipe", &recipe_str]);
+    let out = nin(&args)?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stem_init whitened_patches needs inputs normalised by mean/std"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -57,6 +57,10 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix (normalised per true class) and the per-class top-1 as
+    /// PNG charts into this folder (confusion_matrix.png, per_class_accuracy.png).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +119,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         cifar.label_names.clone()
     };
     let confusion = report.confusion.counts();
+    if let Some(dir) = &args.plot {
+        let title = format!(
+            "{} on {dataset} {split} ({n_images} images): top-1 {:.2} %",
+            model.origin, report.top1
+        );
+        let written =
+            crate::charts::write_eval_charts(dir, &title, &names, &confusion, &report.per_class)?;
+        for path in written {
+            // stderr: with --json, stdout holds the JSON report only.
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if args.json {
         let per_class: Vec<_> = names
             .iter()

@@ -316,11 +316,12 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
     let line = 16;
     let cell_w = 2 * side + 4;
     let cell_h = side + 4 + 2 * line;
-    let header = 62;
+    let header = 58;
     let cols = n.min(count.max(1)) as u32;
     let rows = count.div_ceil(n) as u32;
     let width = (MARGIN + cols * (cell_w + MARGIN)).max(520);
-    let height = header + rows * (cell_h + MARGIN) + MARGIN;
+    let footer = 30;
+    let height = header + rows * (cell_h + MARGIN) + footer;
     let mut canvas = Canvas::new(width, height, PAPER);
     let mut wrong = 0;
     for i in 0..count {
@@ -357,7 +358,7 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
         )?;
         if !right {
             wrong += 1;
-            canvas.frame(x, y, cell_w, side, 3, WRONG);
+            canvas.frame(x, y, cell_w, side + 4 + 2 * line, 3, WRONG);
         }
     }
     canvas.text(
@@ -380,12 +381,12 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
         13.0,
         GREY,
         Align::Left,
-        width / 2,
+        width - 2 * MARGIN,
     )?;
-    let bar_w = (width / 5).max(60);
+    let bar_w = (width / 3).max(60);
     canvas.colour_bar(
-        width - MARGIN - 100 - bar_w,
-        34,
+        (width - bar_w) / 2,
+        height - footer + 4,
         bar_w,
         12,
         "weak",

@@ -178,13 +178,22 @@ impl Canvas {
 
     /// Encodes the canvas as PNG and writes it atomically to `path`.
     pub fn save_png(&self, path: &Path) -> anyhow::Result<()> {
-        let image = image::RgbImage::from_raw(self.width, self.height, self.rgb.clone())
-            .context("canvas buffer of the wrong size")?;
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        image
-            .write_to(&mut bytes, image::ImageFormat::Png)
-            .with_context(|| format!("encoding {}", path.display()))?;
-        nin_format::write_atomic(path, bytes.get_ref())
+        use image::ImageEncoder;
+        let mut bytes = Vec::new();
+        // The best compression: these pictures go into repositories and documents.
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut bytes,
+            image::codecs::png::CompressionType::Best,
+            image::codecs::png::FilterType::Adaptive,
+        )
+        .write_image(
+            &self.rgb,
+            self.width,
+            self.height,
+            image::ExtendedColorType::Rgb8,
+        )
+        .with_context(|| format!("encoding {}", path.display()))?;
+        nin_format::write_atomic(path, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }

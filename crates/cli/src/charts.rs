@@ -40,7 +40,11 @@ fn name(names: &[String], c: usize) -> String {
 
 /// The confusion matrix, rows normalised per true class, coloured with viridis and written in
 /// percent in each cell when the cells are big enough to hold it.
-fn confusion_chart(title: &str, names: &[String], confusion: &[Vec<u64>]) -> anyhow::Result<Canvas> {
+fn confusion_chart(
+    title: &str,
+    names: &[String],
+    confusion: &[Vec<u64>],
+) -> anyhow::Result<Canvas> {
     let n = confusion.len().max(1);
     let cell: u32 = (640 / n as u32).clamp(6, 64);
     let label_w = 110;
@@ -64,7 +68,11 @@ fn confusion_chart(title: &str, names: &[String], confusion: &[Vec<u64>]) -> any
         let total: u64 = row.iter().sum();
         let y = top + t as u32 * cell;
         for (p, &count) in row.iter().enumerate() {
-            let share = if total == 0 { 0.0 } else { count as f64 / total as f64 };
+            let share = if total == 0 {
+                0.0
+            } else {
+                count as f64 / total as f64
+            };
             let x = left + p as u32 * cell;
             let colour = nin_zoo::cam::viridis(share as f32);
             canvas.fill(x, y, cell, cell, colour);
@@ -84,15 +92,35 @@ fn confusion_chart(title: &str, names: &[String], confusion: &[Vec<u64>]) -> any
         }
         if labelled(t) {
             let text_y = (y + cell / 2) as i32 - 7;
-            canvas.text(left as i32 - 6, text_y, &name(names, t), 12.0, INK, Align::Right, label_w)?;
+            canvas.text(
+                left as i32 - 6,
+                text_y,
+                &name(names, t),
+                12.0,
+                INK,
+                Align::Right,
+                label_w,
+            )?;
         }
     }
     // Column labels under the matrix, alternating between two rows when names are long.
     for p in (0..n).filter(|&p| labelled(p)) {
         let x = (left + p as u32 * cell + cell / 2) as i32;
         let stagger = if n <= LABEL_ALL && p % 2 == 1 { 15 } else { 0 };
-        let max = if n <= LABEL_ALL { 2 * cell - 4 } else { 10 * cell };
-        canvas.text(x, (top + side + 4) as i32 + stagger, &name(names, p), 12.0, INK, Align::Center, max)?;
+        let max = if n <= LABEL_ALL {
+            2 * cell - 4
+        } else {
+            10 * cell
+        };
+        canvas.text(
+            x,
+            (top + side + 4) as i32 + stagger,
+            &name(names, p),
+            12.0,
+            INK,
+            Align::Center,
+            max,
+        )?;
     }
     canvas.text(
         (left + side / 2) as i32,
@@ -103,15 +131,39 @@ fn confusion_chart(title: &str, names: &[String], confusion: &[Vec<u64>]) -> any
         Align::Center,
         side,
     )?;
-    canvas.text(14, top as i32 - 20, "true class", 13.0, GREY, Align::Left, label_w)?;
+    canvas.text(
+        14,
+        top as i32 - 20,
+        "true class",
+        13.0,
+        GREY,
+        Align::Left,
+        label_w,
+    )?;
     // The colour scale, vertically beside the matrix.
     let bar_x = left + side + 24;
     for i in 0..side {
         let t = 1.0 - i as f32 / (side.max(2) - 1) as f32;
         canvas.fill(bar_x, top + i, 16, 1, nin_zoo::cam::viridis(t));
     }
-    canvas.text((bar_x + 22) as i32, top as i32 - 6, "100 %", 12.0, INK, Align::Left, 80)?;
-    canvas.text((bar_x + 22) as i32, (top + side) as i32 - 8, "0 %", 12.0, INK, Align::Left, 80)?;
+    canvas.text(
+        (bar_x + 22) as i32,
+        top as i32 - 6,
+        "100 %",
+        12.0,
+        INK,
+        Align::Left,
+        80,
+    )?;
+    canvas.text(
+        (bar_x + 22) as i32,
+        (top + side) as i32 - 8,
+        "0 %",
+        12.0,
+        INK,
+        Align::Left,
+        80,
+    )?;
     Ok(canvas)
 }
 
@@ -126,11 +178,27 @@ fn per_class_chart(title: &str, names: &[String], per_class: &[f64]) -> anyhow::
     let height = top + n * bar + 50;
     let mut canvas = Canvas::new(width, height, PAPER);
     canvas.text(14, 10, title, 16.0, INK, Align::Left, width - 28)?;
-    canvas.text(14, 34, "top-1 accuracy per true class", 13.0, GREY, Align::Left, width - 28)?;
+    canvas.text(
+        14,
+        34,
+        "top-1 accuracy per true class",
+        13.0,
+        GREY,
+        Align::Left,
+        width - 28,
+    )?;
     for tick in (0..=100).step_by(20) {
         let x = left + plot_w * tick / 100;
         canvas.fill(x, top, 1, n * bar, [225, 225, 225]);
-        canvas.text(x as i32, (top + n * bar + 6) as i32, &format!("{tick} %"), 12.0, GREY, Align::Center, 60)?;
+        canvas.text(
+            x as i32,
+            (top + n * bar + 6) as i32,
+            &format!("{tick} %"),
+            12.0,
+            GREY,
+            Align::Center,
+            60,
+        )?;
     }
     let colour = [31, 119, 180];
     for (c, &acc) in per_class.iter().enumerate() {
@@ -138,12 +206,36 @@ fn per_class_chart(title: &str, names: &[String], per_class: &[f64]) -> anyhow::
         let w = (plot_w as f64 * acc.clamp(0.0, 100.0) / 100.0).round() as u32;
         canvas.fill(left, y + 3, w, bar - 6, colour);
         let text_y = (y + bar / 2) as i32 - 7;
-        canvas.text(left as i32 - 6, text_y, &name(names, c), 12.0, INK, Align::Right, label_w)?;
-        canvas.text((left + w + 4) as i32, text_y, &format!("{acc:.1} %"), 12.0, INK, Align::Left, 70)?;
+        canvas.text(
+            left as i32 - 6,
+            text_y,
+            &name(names, c),
+            12.0,
+            INK,
+            Align::Right,
+            label_w,
+        )?;
+        canvas.text(
+            (left + w + 4) as i32,
+            text_y,
+            &format!("{acc:.1} %"),
+            12.0,
+            INK,
+            Align::Left,
+            70,
+        )?;
     }
     let mean = per_class.iter().sum::<f64>() / per_class.len().max(1) as f64;
     let x = left + (plot_w as f64 * mean.clamp(0.0, 100.0) / 100.0).round() as u32;
     canvas.fill(x, top - 4, 2, n * bar + 4, [214, 39, 40]);
-    canvas.text(x as i32, top as i32 - 20, &format!("mean {mean:.1} %"), 12.0, [214, 39, 40], Align::Center, 120)?;
+    canvas.text(
+        x as i32,
+        top as i32 - 20,
+        &format!("mean {mean:.1} %"),
+        12.0,
+        [214, 39, 40],
+        Align::Center,
+        120,
+    )?;
     Ok(canvas)
 }

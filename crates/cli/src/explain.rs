@@ -156,8 +156,14 @@ fn explain_batches(
 }
 
 /// The map of `class` for image `i` of batches of [`BATCH`].
-fn map_of(maps: &[cam::ClassMaps], i: usize, class: usize) -> anyhow::Result<(&[f32], (usize, usize))> {
-    let batch = maps.get(i / BATCH).context("an image past the last batch")?;
+fn map_of(
+    maps: &[cam::ClassMaps],
+    i: usize,
+    class: usize,
+) -> anyhow::Result<(&[f32], (usize, usize))> {
+    let batch = maps
+        .get(i / BATCH)
+        .context("an image past the last batch")?;
     let map = batch
         .map(i % BATCH, class)
         .context("a class past the model's classes")?;
@@ -307,7 +313,11 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
         if cfg.label_names.len() == cfg.num_classes {
             classifier.label(c)
         } else {
-            cifar.label_names.get(c).cloned().unwrap_or_else(|| classifier.label(c))
+            cifar
+                .label_names
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| classifier.label(c))
         }
     };
     let (probabilities, maps) = explain_batches(classifier, &set.pixels)?;

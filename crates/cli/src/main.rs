@@ -19,8 +19,8 @@ mod import;
 mod list;
 mod model_arg;
 mod predict;
-mod render;
 mod pth;
+mod render;
 mod runtime;
 mod train;
 

@@ -172,7 +172,15 @@ impl Canvas {
         }
         let label_y = y as i32 + (h as i32 - 12) / 2;
         self.text(x as i32 - 6, label_y, low, 12.0, INK, Align::Right, 80)?;
-        self.text((x + w) as i32 + 6, label_y, high, 12.0, INK, Align::Left, 80)?;
+        self.text(
+            (x + w) as i32 + 6,
+            label_y,
+            high,
+            12.0,
+            INK,
+            Align::Left,
+            80,
+        )?;
         Ok(())
     }
 

@@ -334,11 +334,12 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
     let height = header + rows * (cell_h + MARGIN) + footer;
     let mut canvas = Canvas::new(width, height, PAPER);
     let mut wrong = 0;
-    for i in 0..count {
+    for (i, probs) in probabilities.iter().enumerate() {
         let (row, col) = ((i / n) as u32, (i % n) as u32);
         let x = MARGIN + col * (cell_w + MARGIN);
         let y = header + row * (cell_h + MARGIN);
-        let (predicted, probability) = top_k(&probabilities[i], 1)[0];
+        let (predicted, probability) =
+            *top_k(probs, 1).first().context("a model without classes")?;
         let truth = set.labels[i] as usize;
         let base = cam::upsample_rgb(set.image(i), (32, 32), (panel, panel))?;
         let (map, size) = map_of(&maps, i, predicted)?;

@@ -193,6 +193,18 @@ fn per_image(args: &ExplainArgs, classifier: &Classifier) -> anyhow::Result<()> 
             );
         }
     }
+    for (name, path) in &names {
+        let target = args.out.join(name);
+        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if let Some(input) = args.images.iter().find(|i| same(i, &target)) {
+            bail!(
+                "--out {}: explaining {} would overwrite the input {}; write into another folder",
+                args.out.display(),
+                path.display(),
+                input.display()
+            );
+        }
+    }
     let mut pixels = Vec::new();
     for path in &args.images {
         pixels.extend(classifier.load_image(path)?);

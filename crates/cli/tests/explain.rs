@@ -150,6 +150,20 @@ fn explain_names_a_bad_label_a_missing_image_and_an_unreadable_file() -> TestRes
     }
     // Nothing was written for the failed runs.
     assert!(!tmp.path().join("out").join("good.png").exists());
+    // An output that would replace its input is refused, and the input kept.
+    let before = std::fs::read(&good)?;
+    let run = nin(&[
+        "explain",
+        "--model",
+        &s(&model),
+        "--out",
+        &s(tmp.path()),
+        &s(&good),
+    ])?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("would overwrite the input"), "{stderr}");
+    assert_eq!(std::fs::read(&good)?, before);
     Ok(())
 }
 

@@ -24,6 +24,8 @@ const MAX_GRID: usize = 20;
 /// The panel sizes `--size` accepts, in pixels.
 const SIZES: std::ops::RangeInclusive<u32> = 32..=1024;
 const MARGIN: u32 = 10;
+/// The narrowest per-image PNG (room for the colour bar's labels).
+const MIN_PANELS_WIDTH: u32 = 420;
 
 /// Arguments of `nin explain`.
 #[derive(Debug, Args)]
@@ -224,7 +226,8 @@ fn per_image(args: &ExplainArgs, classifier: &Classifier) -> anyhow::Result<()> 
         let base_chw = nin_zoo::load_rgb_chw(path, panel, panel)?;
         let base = cam::upsample_rgb(&base_chw, (panel, panel), (panel, panel))?;
         let columns = 1 + shown.len() as u32;
-        let width = MARGIN + columns * (side + MARGIN);
+        // At least wide enough for the colour bar and its labels.
+        let width = (MARGIN + columns * (side + MARGIN)).max(MIN_PANELS_WIDTH);
         let height = MARGIN + title_h + side + MARGIN + 16 + MARGIN;
         let mut canvas = Canvas::new(width, height, PAPER);
         let file_name = path

@@ -78,8 +78,9 @@ fn explain_writes_one_png_per_image_with_a_panel_per_class() -> TestResult {
     ])?;
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    // Margins of 10, a 26-pixel title row, the original and 2 panels of 64, a 16-pixel colour bar.
-    let expected = (10 + 3 * (64 + 10), 10 + 26 + 64 + 10 + 16 + 10);
+    // Margins of 10, a 26-pixel title row, the original and 2 panels of 64, a 16-pixel colour
+    // bar; at least 420 wide (for the colour bar's labels).
+    let expected = (420, 10 + 26 + 64 + 10 + 16 + 10);
     assert_eq!(dims(&out.join("wide.png"))?, expected);
     assert_eq!(dims(&out.join("photo.png"))?, expected);
     // One chosen class by label, any case: the original and one panel.
@@ -97,9 +98,22 @@ fn explain_writes_one_png_per_image_with_a_panel_per_class() -> TestResult {
         "64",
     ])?;
     assert!(String::from_utf8_lossy(&run.stdout).contains(": cat "));
+    assert_eq!(dims(&one.join("wide.png"))?, expected);
+    // Wider panels set the width: the original and 3 panels of 128.
+    let wide = tmp.path().join("wide");
+    nin_ok(&[
+        "explain",
+        "--model",
+        &s(&model),
+        &s(&a),
+        "--out",
+        &s(&wide),
+        "--size",
+        "128",
+    ])?;
     assert_eq!(
-        dims(&one.join("wide.png"))?,
-        (10 + 2 * (64 + 10), expected.1)
+        dims(&wide.join("wide.png"))?,
+        (10 + 4 * (128 + 10), 10 + 26 + 128 + 10 + 16 + 10)
     );
     Ok(())
 }

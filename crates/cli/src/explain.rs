@@ -227,7 +227,10 @@ fn per_image(args: &ExplainArgs, classifier: &Classifier) -> anyhow::Result<()> 
         let base = cam::upsample_rgb(&base_chw, (panel, panel), (panel, panel))?;
         let columns = 1 + shown.len() as u32;
         // At least wide enough for the colour bar and its labels.
-        let width = (MARGIN + columns * (side + MARGIN)).max(MIN_PANELS_WIDTH);
+        let content = MARGIN + columns * (side + MARGIN);
+        let width = content.max(MIN_PANELS_WIDTH);
+        // Panels centred when the canvas is wider than they are.
+        let left = MARGIN + (width - content) / 2;
         let height = MARGIN + title_h + side + MARGIN + 16 + MARGIN;
         let mut canvas = Canvas::new(width, height, PAPER);
         let file_name = path
@@ -235,9 +238,9 @@ fn per_image(args: &ExplainArgs, classifier: &Classifier) -> anyhow::Result<()> 
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let top = MARGIN + title_h;
-        canvas.blit(MARGIN, top, side, side, &base);
+        canvas.blit(left, top, side, side, &base);
         canvas.text(
-            (MARGIN + side / 2) as i32,
+            (left + side / 2) as i32,
             MARGIN as i32,
             &file_name,
             15.0,
@@ -249,7 +252,7 @@ fn per_image(args: &ExplainArgs, classifier: &Classifier) -> anyhow::Result<()> 
             let (map, size) = map_of(&maps, i, class)?;
             let heat = cam::heatmap(map, size, (panel, panel))?;
             let overlay = cam::blend(&base, &heat, args.alpha)?;
-            let x = MARGIN + (k as u32 + 1) * (side + MARGIN);
+            let x = left + (k as u32 + 1) * (side + MARGIN);
             canvas.blit(x, top, side, side, &overlay);
             canvas.text(
                 (x + side / 2) as i32,
@@ -344,14 +347,16 @@ fn grid(args: &ExplainArgs, classifier: &Classifier, origin: &str, n: usize) -> 
     let header = 58;
     let cols = n.min(count.max(1)) as u32;
     let rows = count.div_ceil(n) as u32;
-    let width = (MARGIN + cols * (cell_w + MARGIN)).max(520);
+    let content = MARGIN + cols * (cell_w + MARGIN);
+    let width = content.max(520);
+    let left = MARGIN + (width - content) / 2;
     let footer = 30;
     let height = header + rows * (cell_h + MARGIN) + footer;
     let mut canvas = Canvas::new(width, height, PAPER);
     let mut wrong = 0;
     for (i, probs) in probabilities.iter().enumerate() {
         let (row, col) = ((i / n) as u32, (i % n) as u32);
-        let x = MARGIN + col * (cell_w + MARGIN);
+        let x = left + col * (cell_w + MARGIN);
         let y = header + row * (cell_h + MARGIN);
         let (predicted, probability) =
             *top_k(probs, 1).first().context("a model without classes")?;

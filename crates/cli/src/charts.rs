@@ -239,3 +239,34 @@ fn per_class_chart(title: &str, names: &[String], per_class: &[f64]) -> anyhow::
     )?;
     Ok(canvas)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hundred_class_evaluation_draws_with_every_tenth_class_labelled() -> anyhow::Result<()> {
+        let n = 100;
+        let names: Vec<String> = (0..n).map(|c| format!("class_{c}")).collect();
+        let confusion: Vec<Vec<u64>> = (0..n)
+            .map(|t| {
+                (0..n)
+                    .map(|p| if p == t { 30 } else { (t + p) as u64 % 3 })
+                    .collect()
+            })
+            .collect();
+        let per_class: Vec<f64> = (0..n).map(|c| (c % 50) as f64 * 2.0).collect();
+        let dir = tempfile::tempdir()?;
+        let written = write_eval_charts(dir.path(), "synthetic", &names, &confusion, &per_class)?;
+        // 6-pixel cells: a 600-pixel matrix; 16-pixel bars.
+        let sizes: Vec<(u32, u32)> = written
+            .iter()
+            .map(|p| image::image_dimensions(p))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            sizes,
+            [(140 + 600 + 130, 84 + 600 + 70), (740, 70 + 100 * 16 + 50)]
+        );
+        Ok(())
+    }
+}

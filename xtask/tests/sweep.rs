@@ -453,6 +453,7 @@ fn smoke_plan_runs_every_family_on_real_data_and_reports() {
         "accuracy_vs_macs",
         "accuracy_vs_time",
         "learning_curves",
+        "learning_curves_time",
     ] {
         let png = std::fs::read(dir.join(format!("charts/{chart}.png"))).expect(chart);
         assert!(png.starts_with(b"\x89PNG"), "{chart}.png is not a PNG");

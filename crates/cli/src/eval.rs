@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use nin_data::{Dataset, Holdout, LabelKind, Loader, LoaderConfig, Split};
 use nin_format::files::RUN_JSON;
-use nin_format::RunConfig;
+use nin_format::{RunConfig, TestTimeAugment};
 use nin_zoo::Classifier;
 
 use crate::common::{
@@ -54,6 +54,10 @@ pub struct EvalArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Test-time augmentation: `flip` averages the logits of each image and its mirror image
+    /// (twice the evaluation time; name it beside any accuracy it gives).
+    #[arg(long, value_enum, default_value_t = TtaArg::None)]
+    tta: TtaArg,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -61,6 +65,22 @@ pub struct EvalArgs {
     /// PNG charts into this folder (confusion_matrix.png, per_class_accuracy.png).
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+}
+
+/// `--tta` values; see [`TestTimeAugment`].
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TtaArg {
+    None,
+    Flip,
+}
+
+impl From<TtaArg> for TestTimeAugment {
+    fn from(arg: TtaArg) -> Self {
+        match arg {
+            TtaArg::None => TestTimeAugment::None,
+            TtaArg::Flip => TestTimeAugment::Flip,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,7 +125,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         classifier.preprocess().clone(),
         device.clone(),
     )?);
-    let report = nin_train::evaluate(classifier.model(), &mut source, &device)?;
+    let tta = TestTimeAugment::from(args.tta);
+    let report = nin_train::evaluate(classifier.model(), &mut source, &device, tta)?;
     if !(report.loss.is_finite() && report.top1.is_finite()) {
         anyhow::bail!(
             "--model {}: the model's outputs are not finite (loss {}): its weights or whitening are damaged",
@@ -139,14 +160,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .collect();
         let json = serde_json::json!({
             "model": model.origin, "dataset": dataset.to_string(), "split": format!("{split:?}").to_lowercase(),
-            "images": n_images, "loss": report.loss, "top1": report.top1, "top5": report.top5,
+            "images": n_images, "tta": tta, "loss": report.loss, "top1": report.top1, "top5": report.top5,
             "per_class": per_class, "confusion": confusion, "labels": names,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
+    let tta_note = match tta {
+        TestTimeAugment::None => "",
+        TestTimeAugment::Flip => ", flip TTA",
+    };
     println!(
-        "{} on {dataset} {} ({n_images} images): loss {:.4}  top-1 {:.2} %  top-5 {:.2} %",
+        "{} on {dataset} {} ({n_images} images{tta_note}): loss {:.4}  top-1 {:.2} %  top-5 {:.2} %",
         cfg.model,
         format!("{split:?}").to_lowercase(),
         report.loss,

@@ -39,8 +39,8 @@ pub struct TrainArgs {
     /// Dataset to train on [default: cifar10].
     #[arg(long, value_enum)]
     dataset: Option<DatasetArg>,
-    /// Training recipe: cpu_quick (NIN: about 15 minutes on 2 cores), paper, modern, or a JSON
-    /// file [default: cpu_quick].
+    /// Training recipe: cpu_fast (the default: a quarter of an hour on 2 cores), cpu_hour,
+    /// cpu_quick (NIN exactly as built, 3 epochs), modern, paper, or a JSON file.
     #[arg(long)]
     recipe: Option<String>,
     /// Override the recipe's number of epochs.
@@ -395,7 +395,7 @@ fn new_run(
     threads: usize,
     source: Option<&Source>,
 ) -> anyhow::Result<(RunConfig, Option<PathBuf>)> {
-    let recipe_name = args.recipe.as_deref().unwrap_or("cpu_quick");
+    let recipe_name = args.recipe.as_deref().unwrap_or(nin_format::DEFAULT_RECIPE);
     let mut recipe = read_recipe(recipe_name)?;
     if let Some(e) = args.epochs {
         recipe.epochs = e;

@@ -51,7 +51,10 @@ pub use metrics::{
     read_metrics, to_csv, to_jsonl, write_metrics, EpochRecord, CSV_HEADER, METRICS_COLUMNS,
 };
 pub use model_dir::{ModelDirConfig, PretrainedCfg};
-pub use recipe::{Augment, InputTransform, LrMultipliers, OptimizerConfig, Recipe, RECIPE_NAMES};
+pub use recipe::{
+    Augment, InputTransform, LrMultipliers, OptimizerConfig, Recipe, TestTimeAugment,
+    DEFAULT_RECIPE, RECIPE_NAMES,
+};
 pub use run::{DataSpec, InitFrom, ModelSpec, RunConfig};
 pub use schedule::{Monitor, Schedule};
 pub use state::{EpochProgress, ScheduleState, TrainerState};

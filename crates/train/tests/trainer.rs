@@ -350,3 +350,57 @@ fn resume_without_a_run_names_the_missing_file() {
     let err = resume(&model, &varmap, &mut t, None, dir.path(), &mut NoProgress).unwrap_err();
     assert!(err.to_string().contains("expected run.json"), "{err}");
 }
+
+#[test]
+fn flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror() {
+    use candle_core::Device;
+    use nin_format::TestTimeAugment;
+    use nin_layers::ClassMapModel;
+    use nin_train::{evaluate, BatchSource};
+
+    let (model, _) = Tiny::build(3).unwrap();
+    let (_, mut eval) = data();
+    // The expectation, with the mirror image built by hand rather than by `Tensor::flip`.
+    let (mut loss_sum, mut correct, mut n) = (0.0f64, 0usize, 0usize);
+    for batch in eval.epoch_batches(0, 0) {
+        let (xs, ys) = batch.unwrap();
+        let (b, c, h, w) = xs.dims4().unwrap();
+        let pixels = xs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mirrored: Vec<f32> = (0..pixels.len())
+            .map(|i| pixels[i - i % w + (w - 1 - i % w)])
+            .collect();
+        let mirrored = candle_core::Tensor::from_vec(mirrored, (b, c, h, w), &Device::Cpu).unwrap();
+        let a = model
+            .forward_t(&xs, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let m = model
+            .forward_t(&mirrored, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for ((a, m), y) in a.iter().zip(&m).zip(ys.to_vec1::<u32>().unwrap()) {
+            let logits: Vec<f64> = a.iter().zip(m).map(|(a, m)| (a + m) as f64 / 2.0).collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+            loss_sum += log_z - logits[y as usize];
+            let best = (0..logits.len()).max_by(|&i, &j| logits[i].total_cmp(&logits[j]));
+            correct += usize::from(best == Some(y as usize));
+            n += 1;
+        }
+    }
+    let plain = evaluate(&model, &mut eval, &Device::Cpu, TestTimeAugment::None).unwrap();
+    let tta = evaluate(&model, &mut eval, &Device::Cpu, TestTimeAugment::Flip).unwrap();
+    let expected_loss = loss_sum / n as f64;
+    assert!(
+        (tta.loss - expected_loss).abs() < 1e-5 * expected_loss,
+        "{} against {expected_loss}",
+        tta.loss
+    );
+    assert_eq!(tta.top1, 100.0 * correct as f64 / n as f64);
+    assert!(
+        (plain.loss - tta.loss).abs() > 1e-4,
+        "the mirror images must change the scores, or this test proves nothing"
+    );
+}

@@ -1,6 +1,7 @@
 //! The sweep's charts, drawn with plotters as PNG and SVG: test top-1 against parameters, MACs
-//! and training time (one point per finished run), and learning curves (test top-1 per epoch,
-//! one line per run); one colour per family, labelled axes and a legend.
+//! and training time (one point per finished run), and learning curves (test top-1 per epoch
+//! and against wall-clock minutes, one line per run); one colour per family, labelled axes and a
+//! legend.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -122,28 +123,32 @@ pub fn draw_all(dir: &Path, rows: &[Row]) -> anyhow::Result<Vec<String>> {
     }
     let curves: Vec<&Row> = rows.iter().filter(|r| !r.curve.is_empty()).collect();
     if !curves.is_empty() {
-        let name = "learning_curves";
-        let png = dir.join(format!("{name}.png"));
-        let svg = dir.join(format!("{name}.svg"));
         let fams: Vec<String> = curves
             .iter()
             .map(|r| r.family.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        learning_curves(
-            BitMapBackend::new(&png, SIZE).into_drawing_area(),
-            &curves,
-            &fams,
-        )
-        .with_context(|| format!("drawing {}", png.display()))?;
-        learning_curves(
-            SVGBackend::new(&svg, SIZE).into_drawing_area(),
-            &curves,
-            &fams,
-        )
-        .with_context(|| format!("drawing {}", svg.display()))?;
-        drawn.push(name.to_string());
+        for axis in [CurveAxis::Epoch, CurveAxis::Minutes] {
+            let name = axis.chart_name();
+            let png = dir.join(format!("{name}.png"));
+            let svg = dir.join(format!("{name}.svg"));
+            learning_curves(
+                BitMapBackend::new(&png, SIZE).into_drawing_area(),
+                &curves,
+                &fams,
+                axis,
+            )
+            .with_context(|| format!("drawing {}", png.display()))?;
+            learning_curves(
+                SVGBackend::new(&svg, SIZE).into_drawing_area(),
+                &curves,
+                &fams,
+                axis,
+            )
+            .with_context(|| format!("drawing {}", svg.display()))?;
+            drawn.push(name.to_string());
+        }
     }
     Ok(drawn)
 }
@@ -290,10 +295,37 @@ where
     Ok(())
 }
 
+/// What a learning curve is plotted against.
+#[derive(Clone, Copy)]
+enum CurveAxis {
+    /// Epochs: how much each run learns per pass over the data.
+    Epoch,
+    /// Wall-clock minutes of training and evaluation: what a family buys per CPU-minute.
+    Minutes,
+}
+
+impl CurveAxis {
+    fn chart_name(self) -> &'static str {
+        match self {
+            CurveAxis::Epoch => "learning_curves",
+            CurveAxis::Minutes => "learning_curves_time",
+        }
+    }
+
+    /// The point's x coordinate.
+    fn x(self, (epoch, seconds, _): (usize, f64, f64)) -> f64 {
+        match self {
+            CurveAxis::Epoch => epoch as f64,
+            CurveAxis::Minutes => seconds / 60.0,
+        }
+    }
+}
+
 fn learning_curves<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     rows: &[&Row],
     families: &[String],
+    axis: CurveAxis,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -301,20 +333,27 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     root.fill(&WHITE).map_err(err)?;
     let plot = with_legend(&root, families, true)?;
-    let max_epoch = rows
+    let x_max = rows
         .iter()
-        .flat_map(|r| r.curve.iter().map(|c| c.0))
-        .max()
-        .unwrap_or(1);
-    let (y0, y1) = padded(rows.iter().flat_map(|r| r.curve.iter().map(|c| c.1)), 0.1);
+        .flat_map(|r| r.curve.iter().map(|&c| axis.x(c)))
+        .fold(0.0, f64::max);
+    let (y0, y1) = padded(rows.iter().flat_map(|r| r.curve.iter().map(|c| c.2)), 0.1);
     // Room on the right for the model names at the curves' ends.
-    let (x0, x1) = if max_epoch <= 1 {
-        (0.5, 1.5)
-    } else {
-        (1.0, max_epoch as f64 + 0.12 * (max_epoch - 1) as f64)
+    let (x0, x1, caption, x_desc) = match axis {
+        CurveAxis::Epoch if x_max <= 1.0 => (0.5, 1.5, "per epoch", "epoch"),
+        CurveAxis::Epoch => (1.0, x_max + 0.12 * (x_max - 1.0), "per epoch", "epoch"),
+        CurveAxis::Minutes => (
+            0.0,
+            x_max.max(1.0) * 1.15,
+            "against wall time",
+            "minutes of training and evaluation",
+        ),
     };
     let mut chart = ChartBuilder::on(&plot)
-        .caption("Learning curves: test top-1 per epoch", ("sans-serif", 24))
+        .caption(
+            format!("Learning curves: test top-1 {caption}"),
+            ("sans-serif", 24),
+        )
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(60)
@@ -322,16 +361,17 @@ where
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc(x_desc)
         .y_desc("test top-1 (%)")
-        .x_labels((max_epoch + 2).min(12))
-        // Whole epochs only.
-        .x_label_formatter(&|v| {
-            if (v - v.round()).abs() < 1e-6 {
-                format!("{v:.0}")
-            } else {
-                String::new()
-            }
+        .x_labels(match axis {
+            CurveAxis::Epoch => (x_max as usize + 2).min(12),
+            CurveAxis::Minutes => 10,
+        })
+        // Whole epochs only; minutes as they fall.
+        .x_label_formatter(&|v| match axis {
+            CurveAxis::Epoch if (v - v.round()).abs() < 1e-6 => format!("{v:.0}"),
+            CurveAxis::Epoch => String::new(),
+            CurveAxis::Minutes => format!("{v:.0}"),
         })
         .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 14))
@@ -342,7 +382,7 @@ where
         .map_err(err)?;
     for r in rows {
         let colour = colour_of(families, &r.family);
-        let pts: Vec<(f64, f64)> = r.curve.iter().map(|&(e, t)| (e as f64, t)).collect();
+        let pts: Vec<(f64, f64)> = r.curve.iter().map(|&c| (axis.x(c), c.2)).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
             .map_err(err)?;

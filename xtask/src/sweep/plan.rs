@@ -2,7 +2,7 @@
 //! runs with stable ids (the same plan always gives the same runs in the same order, which is
 //! what lets a rerun skip finished runs and a SLURM array task find its run by index).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -26,6 +26,10 @@ struct PlanFile {
     recipe: Option<toml::Table>,
     #[serde(default)]
     variants: Vec<VariantFile>,
+    /// Recipe changes for one preset only (`[per_model.drnin_l3] recipe = { epochs = 4 }`): an
+    /// equal-minutes comparison gives a costlier family fewer epochs.
+    #[serde(default)]
+    per_model: BTreeMap<String, PerModelFile>,
     #[serde(default)]
     run: RunFile,
     #[serde(default)]
@@ -51,6 +55,12 @@ struct VariantFile {
     id: String,
     recipe: Option<toml::Table>,
     model_args: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerModelFile {
+    recipe: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,9 +215,21 @@ pub fn parse(
         bail!("grid.seeds: {dup} is listed twice");
     }
 
+    for model in file.per_model.keys() {
+        if !grid.models.contains(model) {
+            bail!(
+                "per_model.{model}: `{model}` is not in grid.models ({})",
+                grid.models.join(", ")
+            );
+        }
+        if file.per_model[model].recipe.contains_key("name") {
+            bail!("per_model.{model}.recipe.name: a preset changes keys of the plan's recipe, it cannot name another");
+        }
+    }
+
     let base_table = file.recipe.clone().unwrap_or_default();
     let base_name = match base_table.get("name") {
-        None => "cpu_quick".to_string(),
+        None => nin_format::DEFAULT_RECIPE.to_string(),
         Some(toml::Value::String(s)) => s.clone(),
         Some(other) => bail!("recipe.name: expected a recipe name string, got {other:?}"),
     };
@@ -263,8 +285,16 @@ pub fn parse(
         for model in &grid.models {
             for (variant, recipe_table, model_args) in &variants {
                 let mut overrides_table = base_overrides.clone();
+                if let Some(per_model) = file.per_model.get(model) {
+                    for (k, v) in &per_model.recipe {
+                        overrides_table.insert(k.clone(), v.clone());
+                    }
+                }
                 let key_prefix = match variant {
                     Some(id) => format!("variants[{id}].recipe"),
+                    None if file.per_model.contains_key(model) => {
+                        format!("per_model.{model}.recipe")
+                    }
                     None => "recipe".to_string(),
                 };
                 for (k, v) in recipe_table {
@@ -533,6 +563,35 @@ time_limit = "1h30m"
             Ok(_) => "no error".into(),
             Err(e) => format!("{e:#}"),
         }
+    }
+
+    #[test]
+    fn per_model_changes_apply_to_that_preset_only() -> anyhow::Result<()> {
+        let plan = parse_ok(
+            r#"
+name = "t"
+[grid]
+models = ["nin", "cic_3d"]
+datasets = ["cifar10"]
+[recipe]
+epochs = 4
+lr = 0.05
+[per_model.cic_3d]
+recipe = { epochs = 6 }
+"#,
+        )?;
+        let (nin, cic) = (&plan.runs[0], &plan.runs[1]);
+        assert_eq!((nin.model.as_str(), nin.recipe.epochs), ("nin", 4));
+        assert_eq!((cic.model.as_str(), cic.recipe.epochs), ("cic_3d", 6));
+        assert_eq!(cic.recipe.lr, 0.05, "the plan's other changes still apply");
+        let unknown = error_of(
+            "name = \"t\"\n[grid]\nmodels = [\"nin\"]\ndatasets = [\"cifar10\"]\n[per_model.cic_3d]\nrecipe = { epochs = 6 }\n",
+        );
+        assert!(
+            unknown.contains("per_model.cic_3d: `cic_3d` is not in grid.models (nin)"),
+            "{unknown}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -65,8 +65,9 @@ pub struct Row {
     pub status: String,
     /// Why a run failed or stopped.
     pub reason: String,
-    /// Evaluation top-1 per epoch.
-    pub curve: Vec<(usize, f64)>,
+    /// Evaluation top-1 per epoch: `(epoch, seconds of training and evaluation up to that
+    /// epoch's end, top-1)`.
+    pub curve: Vec<(usize, f64, f64)>,
 }
 
 /// Reads every run of the sweep in `dir`.
@@ -144,7 +145,11 @@ pub fn rows(dir: &Path, manifest: &Manifest) -> Vec<Row> {
                 reason,
                 curve: metrics
                     .iter()
-                    .filter_map(|m| m.eval_top1.map(|t| (m.epoch, t)))
+                    .scan(0.0, |elapsed, m| {
+                        *elapsed += m.seconds;
+                        Some((m.epoch, *elapsed, m.eval_top1))
+                    })
+                    .filter_map(|(epoch, elapsed, top1)| Some((epoch, elapsed, top1?)))
                     .collect(),
             }
         })

@@ -15,7 +15,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use nin_format::files::{CONFIG_JSON, RUN_JSON, TRAINER_STATE_JSON};
-use nin_format::{create_dir, write_json, write_metrics, Monitor, RunConfig, TrainerState};
+use nin_format::{
+    create_dir, write_json, write_metrics, Monitor, RunConfig, TestTimeAugment, TrainerState,
+};
 use nin_layers::ClassMapModel;
 
 use crate::checkpoint;
@@ -46,17 +48,25 @@ pub trait BatchSource {
     ) -> Box<dyn Iterator<Item = Result<(Tensor, Tensor)>> + '_>;
 }
 
-/// Evaluates `model` (dropout off, batch-norm running statistics) over one pass of `data`.
+/// Evaluates `model` (dropout off, batch-norm running statistics) over one pass of `data`,
+/// averaging the logits over the views `tta` names (the loss is that of the averaged logits).
 pub fn evaluate(
     model: &dyn ClassMapModel,
     data: &mut dyn BatchSource,
     device: &Device,
+    tta: TestTimeAugment,
 ) -> Result<EvalReport> {
     let n_classes = model.num_classes();
     let mut confusion = Confusion::new(n_classes);
     for (batch_idx, batch) in data.epoch_batches(0, 0).enumerate() {
         let (xs, ys) = check_batch(batch?, 0, batch_idx, device)?;
-        let logits = model.forward_t(&xs, false)?;
+        let logits = match tta {
+            TestTimeAugment::None => model.forward_t(&xs, false)?,
+            TestTimeAugment::Flip => {
+                let mirrored = xs.flip(&[3])?;
+                ((model.forward_t(&xs, false)? + model.forward_t(&mirrored, false)?)? * 0.5)?
+            }
+        };
         let loss = cross_entropy(&logits, &ys, 0.0)?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;

@@ -208,7 +208,12 @@ impl<'a> Context<'a> {
         // Diverged weights must reach neither `best/` nor a checkpoint.
         self.check_finite(state.global_step)?;
         let report = match eval {
-            Some(source) => Some(evaluate(self.model, source, &self.device)?),
+            Some(source) => Some(evaluate(
+                self.model,
+                source,
+                &self.device,
+                self.run.recipe.eval_tta,
+            )?),
             None => None,
         };
         let record = epoch_record(state, report.as_ref(), clock);

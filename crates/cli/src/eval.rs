@@ -140,9 +140,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         cifar.label_names.clone()
     };
     let confusion = report.confusion.counts();
+    let tta_note = match tta {
+        TestTimeAugment::None => "",
+        TestTimeAugment::Flip => ", flip TTA",
+    };
     if let Some(dir) = &args.plot {
         let title = format!(
-            "{} on {dataset} {split} ({n_images} images): top-1 {:.2} %",
+            "{} on {dataset} {split} ({n_images} images{tta_note}): top-1 {:.2} %",
             model.origin, report.top1
         );
         let written =
@@ -166,10 +170,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    let tta_note = match tta {
-        TestTimeAugment::None => "",
-        TestTimeAugment::Flip => ", flip TTA",
-    };
     println!(
         "{} on {dataset} {} ({n_images} images{tta_note}): loss {:.4}  top-1 {:.2} %  top-5 {:.2} %",
         cfg.model,

@@ -261,7 +261,7 @@ mod tests {
         // 6-pixel cells: a 600-pixel matrix; 16-pixel bars.
         let sizes: Vec<(u32, u32)> = written
             .iter()
-            .map(|p| image::image_dimensions(p))
+            .map(image::image_dimensions)
             .collect::<Result<_, _>>()?;
         assert_eq!(
             sizes,

@@ -61,6 +61,10 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix (normalised per true class) and the per-class top-1 as
+    /// PNG charts into this folder (confusion_matrix.png, per_class_accuracy.png).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 /// `--tta` values; see [`TestTimeAugment`].
@@ -136,6 +140,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         cifar.label_names.clone()
     };
     let confusion = report.confusion.counts();
+    let tta_note = match tta {
+        TestTimeAugment::None => "",
+        TestTimeAugment::Flip => ", flip TTA",
+    };
+    if let Some(dir) = &args.plot {
+        let title = format!(
+            "{} on {dataset} {split} ({n_images} images{tta_note}): top-1 {:.2} %",
+            model.origin, report.top1
+        );
+        let written =
+            crate::charts::write_eval_charts(dir, &title, &names, &confusion, &report.per_class)?;
+        for path in written {
+            // stderr: with --json, stdout holds the JSON report only.
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if args.json {
         let per_class: Vec<_> = names
             .iter()
@@ -150,10 +170,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    let tta_note = match tta {
-        TestTimeAugment::None => "",
-        TestTimeAugment::Flip => ", flip TTA",
-    };
     println!(
         "{} on {dataset} {} ({n_images} images{tta_note}): loss {:.4}  top-1 {:.2} %  top-5 {:.2} %",
         cfg.model,

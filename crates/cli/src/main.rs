@@ -7,10 +7,12 @@ use clap::{Parser, Subcommand};
 
 mod alloc;
 mod bench;
+mod charts;
 mod common;
 mod data;
 mod eval;
 mod exit;
+mod explain;
 mod export;
 mod finetune;
 mod import;
@@ -18,6 +20,7 @@ mod list;
 mod model_arg;
 mod predict;
 mod pth;
+mod render;
 mod runtime;
 mod train;
 
@@ -38,6 +41,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify PNG/JPEG images with a trained model (directory, pretrained tag or hf-hub:).
     Predict(predict::PredictArgs),
+    /// Where a model looks: class activation maps over images, or a sheet of test images.
+    Explain(explain::ExplainArgs),
     /// The zoo's models with parameter counts and cost, and the pretrained weights.
     List(list::ListArgs),
     /// Download, verify and describe the CIFAR datasets.
@@ -56,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::List(args) => list::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),

@@ -785,6 +785,61 @@ fn cases() -> Vec<Case> {
             code: 2,
             words: &["--map features", "REGEX=REPLACEMENT"],
         },
+        // nin explain's flags.
+        Case {
+            name: "explain --alpha 2",
+            setup: |_| {
+                strings(&[
+                    "explain", "--model", "m", "a.png", "--out", "o", "--alpha", "2",
+                ])
+            },
+            code: 2,
+            words: &["--alpha 2", "from 0 to 1"],
+        },
+        Case {
+            name: "explain --size 5",
+            setup: |_| {
+                strings(&[
+                    "explain", "--model", "m", "a.png", "--out", "o", "--size", "5",
+                ])
+            },
+            code: 2,
+            words: &["--size 5", "32 to 1024"],
+        },
+        Case {
+            name: "explain --grid 0",
+            setup: |_| strings(&["explain", "--model", "m", "--grid", "0", "--out", "o.png"]),
+            code: 2,
+            words: &["--grid 0", "1 to 20"],
+        },
+        Case {
+            name: "explain --grid with --class",
+            setup: |_| {
+                strings(&[
+                    "explain", "--model", "m", "--grid", "2", "--class", "cat", "--out", "o.png",
+                ])
+            },
+            code: 2,
+            words: &["--class", "--grid"],
+        },
+        Case {
+            name: "explain without images or --grid",
+            setup: |_| strings(&["explain", "--model", "m", "--out", "o"]),
+            code: 2,
+            words: &["IMAGE", "--grid"],
+        },
+        Case {
+            name: "explain --top-k beyond the classes",
+            setup: |d| {
+                let model = model(d, None).display().to_string();
+                let image = png(d, "a.png").display().to_string();
+                strings(&[
+                    "explain", "--model", &model, &image, "--out", "o", "--top-k", "11",
+                ])
+            },
+            code: 2,
+            words: &["--top-k 11", "1 to 10"],
+        },
     ]
 }
 

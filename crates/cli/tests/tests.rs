@@ -6,6 +6,7 @@ mod bench;
 #[cfg(unix)]
 mod crash;
 mod data;
+mod explain;
 mod export;
 mod faults;
 mod finetune;

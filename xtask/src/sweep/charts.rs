@@ -17,9 +17,9 @@ use super::report::Row;
 /// Charts folder, in the sweep folder.
 pub const CHARTS_DIR: &str = "charts";
 const SIZE: (u32, u32) = (900, 600);
-/// Text in PNGs is drawn with this font (DejaVu Sans, cut to Latin-1: xtask/assets/README.md),
+/// Text in PNGs is drawn with this font (DejaVu Sans, cut to Latin-1: assets/fonts/README.md),
 /// so charts never depend on the machine's fonts.
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans-subset.ttf");
 const FAMILY_COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),

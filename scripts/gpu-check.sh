@@ -66,7 +66,10 @@ dirs = sorted({os.path.dirname(p) for r in roots for p in glob.glob(f"{r}/**/lib
 print(":".join(dirs))
 PY
 )
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${libs:+:$libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The toolkit's libraries first: its NVRTC is the driver's release, and PTX from a newer NVRTC
+# (PyTorch's wheels may carry one) would not load.
+cuda_lib=$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")/../lib64
+export LD_LIBRARY_PATH=$cuda_lib:/usr/local/cuda/lib64${libs:+:$libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ldd "$bin/nin" >>"$out/machine.txt" 2>&1
 if [[ $device == cuda ]]; then export NIN_REQUIRE_GPU=1; fi
 

@@ -130,7 +130,8 @@ impl CustomOp3 for NormOp {
             Ok(dispatch_float!(dtype, op, |T| {
                 let (x, gamma, beta) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?, slice::<T>(s3, l3, op)?);
                 let y = output::<T>(&dev, count)?;
-                launch!(dev, "bn_fwd", dtype, op, grid(count), &(count as u64), &c, &hw, &code, &alpha, &stats, &gamma, &beta, &x, &y)?;
+                let count64 = count as u64;
+                launch!(dev, "bn_fwd", dtype, op, grid(count), &count64, &c, &hw, &code, &alpha, &stats, &gamma, &beta, &x, &y)?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }))
         })?;
@@ -209,7 +210,7 @@ impl CustomOp3 for NormGradOp {
         let (n, c, hw) = dims(l1)?;
         let count = l1.shape().elem_count();
         let (code, alpha) = act_code(self.act);
-        let (batch_stats, per_channel_count) = (i32::from(self.batch_stats), (n * hw) as f64);
+        let (batch_stats, per_channel_count) = (i32::from(self.batch_stats), f64::from(n) * f64::from(hw));
         let out = with_cuda(&self.stats, op, |st, stl| {
             with_cuda(&self.gamma, op, |gs, gl| {
                 with_cuda(&self.beta, op, |bs, bl| {
@@ -220,7 +221,8 @@ impl CustomOp3 for NormGradOp {
                         let (gamma, beta) = (slice::<T>(gs, gl, op)?, slice::<T>(bs, bl, op)?);
                         launch!(dev, "bn_bwd_sums", dtype, op, per_channel(c as usize), &n, &c, &hw, &code, &alpha, &stats, &gamma, &beta, &x, &dy, &y, &sums)?;
                         let out = output::<T>(&dev, count + 2 * c as usize)?;
-                        launch!(dev, "bn_bwd_dx", dtype, op, grid(count), &(count as u64), &c, &hw, &code, &alpha, &batch_stats, &per_channel_count, &stats, &gamma, &beta, &sums, &x, &dy, &y, &out)?;
+                        let count64 = count as u64;
+                        launch!(dev, "bn_bwd_dx", dtype, op, grid(count), &count64, &c, &hw, &code, &alpha, &batch_stats, &per_channel_count, &stats, &gamma, &beta, &sums, &x, &dy, &y, &out)?;
                         CudaStorage::wrap_cuda_slice(out, dev.clone())
                     }))
                 })

@@ -81,7 +81,9 @@ impl ConvOp {
                     None => raw.slice(0..n.min(1)),
                 };
                 let y = output::<T>(&dev, n)?;
-                launch!(dev, "bias_act", dtype, op, grid(n), &(n as u64), &c, &hw, &relu, &i32::from(bias.is_some()), &b, &raw, &y)?;
+                let n64 = n as u64;
+                let has_bias = i32::from(bias.is_some());
+                launch!(dev, "bias_act", dtype, op, grid(n), &n64, &c, &hw, &relu, &has_bias, &b, &raw, &y)?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }))
         })?;
@@ -141,7 +143,7 @@ impl CustomOp2 for ConvOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        cpu_refused(CustomOp2::name(self))
     }
 
     fn cuda_fwd(
@@ -269,7 +271,8 @@ impl CustomOp1 for Im2Col {
         let geom = ConvGeom::new(g);
         let out = dispatch_float!(dtype, op, |T| {
             let (x, col) = (slice::<T>(s, l, op)?, output::<T>(&dev, n)?);
-            launch!(dev, "im2col", dtype, op, grid(n), &(n as u64), &geom, &x, &col)?;
+            let n64 = n as u64;
+            launch!(dev, "im2col", dtype, op, grid(n), &n64, &geom, &x, &col)?;
             CudaStorage::wrap_cuda_slice(col, dev.clone())
         });
         Ok((out, shape))
@@ -295,7 +298,8 @@ impl CustomOp1 for Col2Im {
         let geom = ConvGeom::new(g);
         let out = dispatch_float!(dtype, op, |T| {
             let (dcol, dx) = (slice::<T>(s, l, op)?, output::<T>(&dev, n)?);
-            launch!(dev, "col2im", dtype, op, grid(n), &(n as u64), &geom, &dcol, &dx)?;
+            let n64 = n as u64;
+            launch!(dev, "col2im", dtype, op, grid(n), &n64, &geom, &dcol, &dx)?;
             CudaStorage::wrap_cuda_slice(dx, dev.clone())
         });
         Ok((out, shape))

@@ -63,7 +63,9 @@ pub(super) fn forward(
     let argmax = output::<u32>(&dev, if record { n } else { 1 })?;
     let out = dispatch_float!(dtype, op, |T| {
         let (xs, ys) = (slice::<T>(x, l, op)?, output::<T>(&dev, n)?);
-        launch!(dev, "pool_fwd", dtype, op, grid(n), &(n as u64), &geom, &i32::from(record), &xs, &ys, &argmax)?;
+        let n64 = n as u64;
+        let record_flag = i32::from(record);
+        launch!(dev, "pool_fwd", dtype, op, grid(n), &n64, &geom, &record_flag, &xs, &ys, &argmax)?;
         CudaStorage::wrap_cuda_slice(ys, dev.clone())
     });
     Ok((out, record.then_some(argmax)))
@@ -105,7 +107,8 @@ pub(super) fn backward(
             }
         };
         let dx = output::<T>(&dev, n)?;
-        launch!(dev, "pool_bwd", dtype, op, grid(n), &(n as u64), &geom, &use_argmax, &xs, argmax, &dys, &dx)?;
+        let n64 = n as u64;
+        launch!(dev, "pool_bwd", dtype, op, grid(n), &n64, &geom, &use_argmax, &xs, argmax, &dys, &dx)?;
         CudaStorage::wrap_cuda_slice(dx, dev.clone())
     });
     Ok(out)

@@ -67,7 +67,17 @@ impl CustomOp1 for Elu {
         let storage = dispatch_float!(s.dtype(), op, |T| {
             let (x, y) = (slice::<T>(s, l, op)?, output::<T>(&dev, n)?);
             let n64 = n as u64;
-            launch!(dev, "elu_fwd", s.dtype(), op, grid(n), &n64, &self.alpha, &x, &y)?;
+            launch!(
+                dev,
+                "elu_fwd",
+                s.dtype(),
+                op,
+                grid(n),
+                &n64,
+                &self.alpha,
+                &x,
+                &y
+            )?;
             candle_core::CudaStorage::wrap_cuda_slice(y, dev)
         });
         Ok((storage, l.shape().clone()))
@@ -139,10 +149,26 @@ impl CustomOp3 for EluGrad {
             candle_core::bail!("{op}: dy, x and y differ in size");
         }
         let storage = dispatch_float!(s1.dtype(), op, |T| {
-            let (dy, x, y) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?, slice::<T>(s3, l3, op)?);
+            let (dy, x, y) = (
+                slice::<T>(s1, l1, op)?,
+                slice::<T>(s2, l2, op)?,
+                slice::<T>(s3, l3, op)?,
+            );
             let dx = output::<T>(&dev, n)?;
             let n64 = n as u64;
-            launch!(dev, "elu_bwd", s1.dtype(), op, grid(n), &n64, &self.alpha, &dy, &x, &y, &dx)?;
+            launch!(
+                dev,
+                "elu_bwd",
+                s1.dtype(),
+                op,
+                grid(n),
+                &n64,
+                &self.alpha,
+                &dy,
+                &x,
+                &y,
+                &dx
+            )?;
             candle_core::CudaStorage::wrap_cuda_slice(dx, dev)
         });
         Ok((storage, l1.shape().clone()))

@@ -38,7 +38,12 @@ fn run(
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = f(&tensors);
     let weights = randn(y.dims(), 99, y.dtype()).to_device(device).unwrap();
-    let grads = (&y * weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (&y * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let grads = vars
         .iter()
         .map(|v| grads.get(v.as_tensor()).unwrap().clone())
@@ -50,7 +55,11 @@ fn run(
 fn check(what: &str, device: &Device, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) {
     let (want, want_grads) = run(&Device::Cpu, inputs, f);
     let (got, got_grads) = run(device, inputs, f);
-    assert_eq!(got.device().location(), device.location(), "{what}: ran elsewhere");
+    assert_eq!(
+        got.device().location(),
+        device.location(),
+        "{what}: ran elsewhere"
+    );
     assert_close(&format!("{what}: output"), device, &got, &want, TOL);
     for (i, (g, w)) in got_grads.iter().zip(&want_grads).enumerate() {
         assert_close(&format!("{what}: gradient {i}"), device, g, w, TOL);

@@ -25,8 +25,8 @@ fn step(name: &str, device: &Device) -> (Tensor, Tensor, Vec<(String, Tensor)>) 
         .unwrap();
     let labels = Tensor::new(&[3u32, 8], device).unwrap();
     let logits = created.model.forward_t(&xs, true).unwrap();
-    let loss = candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32).unwrap(), &labels)
-        .unwrap();
+    let loss =
+        candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32).unwrap(), &labels).unwrap();
     let grads = loss.backward().unwrap();
     let mut vars: Vec<(String, Tensor)> = created
         .varmap
@@ -50,7 +50,11 @@ fn every_family_matches_the_cpu_on_every_device() {
             let (d_logits, d_loss, d_grads) = step(name, device);
             assert_close(&format!("{name}: logits"), device, &d_logits, &logits, TOL);
             assert_close(&format!("{name}: loss"), device, &d_loss, &loss, TOL);
-            assert_eq!(d_grads.len(), grads.len(), "{name}: gradients on {device:?}");
+            assert_eq!(
+                d_grads.len(),
+                grads.len(),
+                "{name}: gradients on {device:?}"
+            );
             for ((k, g), (_, want)) in d_grads.iter().zip(&grads) {
                 assert_close(&format!("{name}: gradient of {k}"), device, g, want, TOL);
             }

@@ -36,7 +36,18 @@ pub(super) fn moments(s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaS
     let out = output::<f64>(&dev, 2 * c as usize)?;
     dispatch_float!(dtype, op, |T| {
         let x = slice::<T>(s, l, op)?;
-        launch!(dev, "bn_moments", dtype, op, per_channel(c as usize), &n, &c, &hw, &x, &out)?
+        launch!(
+            dev,
+            "bn_moments",
+            dtype,
+            op,
+            per_channel(c as usize),
+            &n,
+            &c,
+            &hw,
+            &x,
+            &out
+        )?
     });
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
@@ -62,7 +73,10 @@ pub(super) fn forward(
         let moments = xs.apply_op1_no_bwd(&super::ops::ChannelMoments)?;
         let (mean, var) = (moments.get(0)?, moments.get(1)?);
         let (m, unbias) = (bn.momentum, per_channel as f64 / (per_channel - 1) as f64);
-        for (buffer, batch) in [(&bn.running_mean, mean.clone()), (&bn.running_var, (&var * unbias)?)] {
+        for (buffer, batch) in [
+            (&bn.running_mean, mean.clone()),
+            (&bn.running_var, (&var * unbias)?),
+        ] {
             let old = buffer.as_tensor().to_dtype(DType::F64)?;
             let new = ((old * (1.0 - m))? + (batch * m)?)?;
             buffer.set(&new.to_dtype(buffer.dtype())?)?;
@@ -70,7 +84,10 @@ pub(super) fn forward(
         (mean, var)
     } else {
         let f64s = |t: &Tensor| t.to_dtype(DType::F64);
-        (f64s(bn.running_mean.as_tensor())?, f64s(bn.running_var.as_tensor())?)
+        (
+            f64s(bn.running_mean.as_tensor())?,
+            f64s(bn.running_var.as_tensor())?,
+        )
     };
     let inv_std = (var + BN_EPS)?.sqrt()?.recip()?;
     let stats = Tensor::stack(&[mean, inv_std], 0)?.contiguous()?;
@@ -128,10 +145,30 @@ impl CustomOp3 for NormOp {
         let out = with_cuda(&self.stats, op, |st, stl| {
             let stats = slice::<f64>(st, stl, op)?;
             Ok(dispatch_float!(dtype, op, |T| {
-                let (x, gamma, beta) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?, slice::<T>(s3, l3, op)?);
+                let (x, gamma, beta) = (
+                    slice::<T>(s1, l1, op)?,
+                    slice::<T>(s2, l2, op)?,
+                    slice::<T>(s3, l3, op)?,
+                );
                 let y = output::<T>(&dev, count)?;
                 let count64 = count as u64;
-                launch!(dev, "bn_fwd", dtype, op, grid(count), &count64, &c, &hw, &code, &alpha, &stats, &gamma, &beta, &x, &y)?;
+                launch!(
+                    dev,
+                    "bn_fwd",
+                    dtype,
+                    op,
+                    grid(count),
+                    &count64,
+                    &c,
+                    &hw,
+                    &code,
+                    &alpha,
+                    &stats,
+                    &gamma,
+                    &beta,
+                    &x,
+                    &y
+                )?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }))
         })?;
@@ -210,19 +247,63 @@ impl CustomOp3 for NormGradOp {
         let (n, c, hw) = dims(l1)?;
         let count = l1.shape().elem_count();
         let (code, alpha) = act_code(self.act);
-        let (batch_stats, per_channel_count) = (i32::from(self.batch_stats), f64::from(n) * f64::from(hw));
+        let (batch_stats, per_channel_count) =
+            (i32::from(self.batch_stats), f64::from(n) * f64::from(hw));
         let out = with_cuda(&self.stats, op, |st, stl| {
             with_cuda(&self.gamma, op, |gs, gl| {
                 with_cuda(&self.beta, op, |bs, bl| {
                     let stats = slice::<f64>(st, stl, op)?;
                     let sums = output::<f64>(&dev, 2 * c as usize)?;
                     Ok(dispatch_float!(dtype, op, |T| {
-                        let (x, dy, y) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?, slice::<T>(s3, l3, op)?);
+                        let (x, dy, y) = (
+                            slice::<T>(s1, l1, op)?,
+                            slice::<T>(s2, l2, op)?,
+                            slice::<T>(s3, l3, op)?,
+                        );
                         let (gamma, beta) = (slice::<T>(gs, gl, op)?, slice::<T>(bs, bl, op)?);
-                        launch!(dev, "bn_bwd_sums", dtype, op, per_channel(c as usize), &n, &c, &hw, &code, &alpha, &stats, &gamma, &beta, &x, &dy, &y, &sums)?;
+                        launch!(
+                            dev,
+                            "bn_bwd_sums",
+                            dtype,
+                            op,
+                            per_channel(c as usize),
+                            &n,
+                            &c,
+                            &hw,
+                            &code,
+                            &alpha,
+                            &stats,
+                            &gamma,
+                            &beta,
+                            &x,
+                            &dy,
+                            &y,
+                            &sums
+                        )?;
                         let out = output::<T>(&dev, count + 2 * c as usize)?;
                         let count64 = count as u64;
-                        launch!(dev, "bn_bwd_dx", dtype, op, grid(count), &count64, &c, &hw, &code, &alpha, &batch_stats, &per_channel_count, &stats, &gamma, &beta, &sums, &x, &dy, &y, &out)?;
+                        launch!(
+                            dev,
+                            "bn_bwd_dx",
+                            dtype,
+                            op,
+                            grid(count),
+                            &count64,
+                            &c,
+                            &hw,
+                            &code,
+                            &alpha,
+                            &batch_stats,
+                            &per_channel_count,
+                            &stats,
+                            &gamma,
+                            &beta,
+                            &sums,
+                            &x,
+                            &dy,
+                            &y,
+                            &out
+                        )?;
                         CudaStorage::wrap_cuda_slice(out, dev.clone())
                     }))
                 })

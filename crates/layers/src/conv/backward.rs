@@ -73,7 +73,11 @@ impl CustomOp2 for ReluMask {
         }
         let n = l1.shape().elem_count();
         let storage = dispatch_float!(dtype, op, |T| {
-            let (g, y, out) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?, output::<T>(&dev, n)?);
+            let (g, y, out) = (
+                slice::<T>(s1, l1, op)?,
+                slice::<T>(s2, l2, op)?,
+                output::<T>(&dev, n)?,
+            );
             let n64 = n as u64;
             launch!(dev, "relu_mask", dtype, op, grid(n), &n64, &g, &y, &out)?;
             candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone())

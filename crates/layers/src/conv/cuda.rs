@@ -16,7 +16,9 @@
 use std::sync::OnceLock;
 
 use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor,
+};
 
 use super::backward::ReluMask;
 use super::geometry::Geom;
@@ -29,7 +31,9 @@ use crate::cuda::{grid, launch, output, slice, with_cuda};
 pub(super) fn gemm_backward() -> bool {
     static GEMM: OnceLock<bool> = OnceLock::new();
     *GEMM.get_or_init(|| {
-        std::env::var("NIN_CUDA_CONV_BACKWARD").map_or(true, |v| v.trim() != "candle")
+        std::env::var("NIN_CUDA_CONV_BACKWARD")
+            .ok()
+            .is_none_or(|v| v.trim() != "candle")
     })
 }
 
@@ -70,7 +74,11 @@ impl ConvOp {
         let g = &self.g;
         let shape = Shape::from((g.n, g.c_out, g.oh, g.ow));
         let n = shape.elem_count();
-        let (c, hw, relu) = (g.c_out as u32, (g.oh * g.ow) as u32, i32::from(self.opts.relu));
+        let (c, hw, relu) = (
+            g.c_out as u32,
+            (g.oh * g.ow) as u32,
+            i32::from(self.opts.relu),
+        );
         let out = with_cuda(&self.raw, op, |rs, rl| {
             let (dev, dtype) = (rs.device.clone(), rs.dtype());
             Ok(dispatch_float!(dtype, op, |T| {
@@ -83,7 +91,21 @@ impl ConvOp {
                 let y = output::<T>(&dev, n)?;
                 let n64 = n as u64;
                 let has_bias = i32::from(bias.is_some());
-                launch!(dev, "bias_act", dtype, op, grid(n), &n64, &c, &hw, &relu, &has_bias, &b, &raw, &y)?;
+                launch!(
+                    dev,
+                    "bias_act",
+                    dtype,
+                    op,
+                    grid(n),
+                    &n64,
+                    &c,
+                    &hw,
+                    &relu,
+                    &has_bias,
+                    &b,
+                    &raw,
+                    &y
+                )?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }))
         })?;

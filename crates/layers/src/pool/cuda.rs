@@ -65,7 +65,19 @@ pub(super) fn forward(
         let (xs, ys) = (slice::<T>(x, l, op)?, output::<T>(&dev, n)?);
         let n64 = n as u64;
         let record_flag = i32::from(record);
-        launch!(dev, "pool_fwd", dtype, op, grid(n), &n64, &geom, &record_flag, &xs, &ys, &argmax)?;
+        launch!(
+            dev,
+            "pool_fwd",
+            dtype,
+            op,
+            grid(n),
+            &n64,
+            &geom,
+            &record_flag,
+            &xs,
+            &ys,
+            &argmax
+        )?;
         CudaStorage::wrap_cuda_slice(ys, dev.clone())
     });
     Ok((out, record.then_some(argmax)))
@@ -108,7 +120,20 @@ pub(super) fn backward(
         };
         let dx = output::<T>(&dev, n)?;
         let n64 = n as u64;
-        launch!(dev, "pool_bwd", dtype, op, grid(n), &n64, &geom, &use_argmax, &xs, argmax, &dys, &dx)?;
+        launch!(
+            dev,
+            "pool_bwd",
+            dtype,
+            op,
+            grid(n),
+            &n64,
+            &geom,
+            &use_argmax,
+            &xs,
+            argmax,
+            &dys,
+            &dx
+        )?;
         CudaStorage::wrap_cuda_slice(dx, dev.clone())
     });
     Ok(out)

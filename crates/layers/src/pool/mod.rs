@@ -292,7 +292,10 @@ impl CustomOp1 for MaxPoolScatterOp<'_> {
         #[allow(irrefutable_let_patterns)] // refutable when the `cuda` feature is on
         let Argmax::Cpu(argmax) = self.argmax
         else {
-            candle_core::bail!("{}: the maxima were recorded on another device", self.name())
+            candle_core::bail!(
+                "{}: the maxima were recorded on another device",
+                self.name()
+            )
         };
         let op = self.name();
         let out = dispatch_float!(grad.dtype(), op, |T| {
@@ -309,10 +312,16 @@ impl CustomOp1 for MaxPoolScatterOp<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let Argmax::Cuda(argmax) = self.argmax else {
-            candle_core::bail!("{}: the maxima were recorded on another device", self.name())
+            candle_core::bail!(
+                "{}: the maxima were recorded on another device",
+                self.name()
+            )
         };
         if layout.shape().elem_count() != argmax.len() {
-            candle_core::bail!("{}: gradient does not match the recorded maxima", self.name());
+            candle_core::bail!(
+                "{}: gradient does not match the recorded maxima",
+                self.name()
+            );
         }
         let g = Planes::of(&self.cfg, self.in_shape.dims())?;
         let out = cuda::backward(&self.cfg, g, None, Some(argmax), (grad, layout))?;

@@ -3,7 +3,7 @@
 # toolkit from PyPI wheels (scripts/cuda-toolkit.sh), builds every crate and target of the
 # workspace with its `cuda` features, and compiles our kernels (crates/layers/src/cuda/
 # kernels.cu) with NVRTC from the nvidia-cuda-nvrtc wheel (the `kernels_compile_with_nvrtc`
-# test: it needs libnvrtc, not a GPU).
+# test and scripts/nvrtc-compile.py: they need libnvrtc, not a GPU).
 #
 #   bash scripts/cuda-check.sh
 #
@@ -22,5 +22,8 @@ bash scripts/cuda-toolkit.sh "$toolkit"
 source "$toolkit/env.sh"
 features=nin-zoo/cuda,nin-cli/cuda,nin-train/cuda,nin-layers/cuda
 nice -n 5 cargo build --workspace --all-targets --features "$features"
+# Our kernels through the wheel's NVRTC, twice: from Python (no build needed), then as nin-layers
+# compiles them at run time.
+python3 scripts/nvrtc-compile.py
 nice -n 5 cargo test -p nin-layers --features cuda --lib -- cuda::tests::kernels_compile_with_nvrtc
 echo "cuda-check: ok in $(( $(date +%s) - start )) s"

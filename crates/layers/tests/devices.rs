@@ -87,7 +87,7 @@ test_device!(
                 .unwrap();
             for cfg in cfgs {
                 let what = format!("{cfg:?} {dtype:?}");
-                check(&what, device, &[x.clone()], &|t| pool2d(&t[0], &cfg).unwrap());
+                check(&what, device, std::slice::from_ref(&x), &|t| pool2d(&t[0], &cfg).unwrap());
             }
         }
     }
@@ -99,7 +99,7 @@ test_device!(
             let x = (randn(&[2, 5, 7, 9], 2, dtype) * 2.0).unwrap();
             for alpha in [1.0, 0.3] {
                 let what = format!("elu α={alpha} {dtype:?}");
-                check(&what, device, &[x.clone()], &|t| elu(&t[0], alpha).unwrap());
+                check(&what, device, std::slice::from_ref(&x), &|t| elu(&t[0], alpha).unwrap());
             }
         }
     }

@@ -4,6 +4,7 @@
 //! and `[mean, 1/√(σ² + ε)]` is handed to the normalising kernel as a device tensor: a step copies
 //! nothing to the host.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::{BatchNorm2d, BN_EPS};

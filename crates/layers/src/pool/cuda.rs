@@ -1,6 +1,7 @@
 //! The CUDA launches of the pooling ops: the forward (recording each maximum's cell on the device
 //! when asked) and the backward, a gather over the windows covering each input cell.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::{CudaStorage, Layout};
 

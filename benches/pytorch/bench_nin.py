@@ -132,8 +132,10 @@ def bench_one(name, mode, batch, args):
         elif p_name.endswith("bias"):
             torch.nn.init.zeros_(p)
     macs = zoo_macs or conv_macs(model)
-    xs = torch.rand(batch, 3, 32, 32) * 4 - 2
-    labels = torch.arange(batch) % args.num_classes
+    device = torch.device(args.device)
+    model = model.to(device)
+    xs = (torch.rand(batch, 3, 32, 32) * 4 - 2).to(device)
+    labels = (torch.arange(batch) % args.num_classes).to(device)
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -161,12 +163,15 @@ def bench_one(name, mode, batch, args):
     times.sort()
     median = times[len(times) // 2]
     sps = batch / median
+    # `.item()` in each step waits for the GPU, so the times are whole steps there too.
     passes = 3.0 if mode == "train" else 1.0
     params = sum(p.numel() for p in model.parameters())
     return dict(model=name, mode=mode, batch_size=batch, samples_per_sec=sps,
                 step_time_ms=median * 1e3, step_time_min_ms=times[0] * 1e3,
                 param_count=params, gmacs=macs / 1e9,
-                achieved_gflops=2 * macs * passes * sps / 1e9, peak_rss_mib=peak_rss_mib())
+                achieved_gflops=2 * macs * passes * sps / 1e9,
+                peak_rss_mib=(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                              else peak_rss_mib()))
 
 
 def main():
@@ -178,13 +183,19 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fp32, TF32 off)")
     p.add_argument("--csv", default=None)
     p.add_argument("--nin", default=os.path.join(ROOT, "target", "release", "nin"),
                    help="the nin binary, for the configurations of presets other than nin/nin_bn")
     args = p.parse_args()
     if args.device != "cpu":
-        raise SystemExit("--device: this script measures the CPU only")
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: PyTorch sees no CUDA device")
+        # Strict fp32 as nin-zoo computes it (cuDNN would otherwise use TF32 for convolutions),
+        # and cuDNN's autotuner, as a PyTorch user with fixed shapes would turn on.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -197,7 +208,7 @@ def main():
         if new:
             out.write(HEADER + "\n")
     print(f"{'model':<10} {'mode':<6} {'batch':>5} {'images/s':>10} {'median ms':>10} "
-          f"{'GFLOP/s':>9} {'peak MiB':>9}  ({threads} threads, cpu, {versions})")
+          f"{'GFLOP/s':>9} {'peak MiB':>9}  ({threads} threads, {args.device}, {versions})")
     for name in args.model.split(","):
         for mode in modes:
             for batch in [int(b) for b in args.batch_size.split(",")]:
@@ -209,7 +220,7 @@ def main():
                     out.write(f"pytorch,{name},{mode},{batch},{r['samples_per_sec']:.2f},"
                               f"{r['step_time_ms']:.3f},{r['step_time_min_ms']:.3f},"
                               f"{r['param_count']},{r['gmacs']:.4f},{r['achieved_gflops']:.1f},"
-                              f"{r['peak_rss_mib']:.1f},{threads},cpu,{versions}\n")
+                              f"{r['peak_rss_mib']:.1f},{threads},{args.device},{versions}\n")
                     out.flush()
 
 

@@ -28,6 +28,8 @@ mod batch_norm;
 mod conv;
 mod conv_bn;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod dropout;
 mod elu;
 mod error;

@@ -3,11 +3,14 @@
 //! them, a whole-tensor relative error, and the check of a model against a PyTorch golden
 //! fixture. Every test of the workspace that needs `../shared/data` finds it through
 //! [`shared_data_file`], which skips on a developer's machine without it and fails under CI.
-//! [`mock_hub`] is a Hugging Face Hub stand-in on loopback for tests of model downloads.
+//! [`mock_hub`] is a Hugging Face Hub stand-in on loopback for tests of model downloads;
+//! [`devices`] and [`test_device!`] run a test on every available device (the CPU, and a GPU where
+//! there is one) against the CPU.
 // Test support fails loudly on purpose: a panic here is a failed test.
 #![allow(clippy::unwrap_used)]
 #![forbid(unsafe_code)]
 
+pub mod devices;
 pub mod mock_hub;
 
 use std::collections::HashMap;

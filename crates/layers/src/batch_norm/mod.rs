@@ -16,10 +16,15 @@
 //!   with `dx = γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂))` for batch statistics and `γ/σ · dy` for
 //!   running ones; the ReLU's gradient mask is applied inside it.
 //!
-//! Any other device or dtype uses candle's own `BatchNorm` (and a separate ReLU).
+//! On a CUDA device (feature `cuda`) the same three ops run as kernels, with the statistics
+//! kept as device tensors (see `cuda`). Any other device or dtype uses candle's own `BatchNorm`
+//! (and a separate ReLU).
 //!
-//! This file is the layer; `ops` holds the three CPU ops (moments, normalise, gradient).
+//! This file is the layer; `ops` holds the three CPU ops (moments, normalise, gradient), and
+//! `cuda` their CUDA counterparts.
 
+#[cfg(feature = "cuda")]
+mod cuda;
 mod ops;
 #[cfg(test)]
 mod tests;
@@ -112,7 +117,7 @@ impl BatchNorm2d {
             }
             .into());
         }
-        let fast = xs.device().is_cpu()
+        let fast = (xs.device().is_cpu() || xs.device().is_cuda())
             && matches!(xs.dtype(), DType::F32 | DType::F64)
             && self.weight.dtype() == xs.dtype()
             && self.bias.dtype() == xs.dtype();
@@ -120,6 +125,10 @@ impl BatchNorm2d {
             return self.candle_forward(xs, train, act);
         }
         let xs = xs.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            return cuda::forward(self, &xs, train, act);
+        }
         let (mean, var) = if train {
             let per_channel = xs.elem_count() / channels;
             if per_channel < 2 {

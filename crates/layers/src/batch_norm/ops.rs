@@ -61,6 +61,15 @@ impl CustomOp1 for ChannelMoments {
         ));
         Ok((CpuStorage::F64(out), Shape::from((2, d.1))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::moments(s, l)
+    }
 }
 
 /// `act(x·scale + shift)` on (x, γ, β), given each channel's statistics.

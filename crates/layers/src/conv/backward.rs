@@ -58,6 +58,32 @@ impl CustomOp2 for ReluMask {
         });
         Ok((storage, l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{grid, launch, output, slice};
+        let (op, dev, dtype) = (self.name(), s1.device.clone(), s1.dtype());
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{op}: gradient and ReLU output differ in shape");
+        }
+        let n = l1.shape().elem_count();
+        let storage = dispatch_float!(dtype, op, |T| {
+            let (g, y, out) = (
+                slice::<T>(s1, l1, op)?,
+                slice::<T>(s2, l2, op)?,
+                output::<T>(&dev, n)?,
+            );
+            let n64 = n as u64;
+            launch!(dev, "relu_mask", dtype, op, grid(n), &n64, &g, &y, &out)?;
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((storage, l1.shape().clone()))
+    }
 }
 
 /// The backward GEMMs: `Weight` on (input, dY) gives `[dW…, db…]` flat; `Input` on (dY, weight)

@@ -20,14 +20,19 @@
 //! per thread and never kept: the backward recomputes them, so memory stays at candle's level.
 //!
 //! f32 and f64 run on the CPU through the `gemm` crate (the one candle uses, with its AVX-512
-//! kernels enabled). Any other device or dtype falls back to candle's own `conv2d`, bias add and
-//! ReLU, which are correct there, only slower.
+//! kernels enabled). On a CUDA device (feature `cuda`) the forward is candle's own (cuDNN with
+//! the `cudnn` feature) with bias and ReLU fused after it, and the backward is whole-batch cuBLAS
+//! GEMMs (see `cuda`; `NIN_CUDA_CONV_BACKWARD=candle` keeps candle's backward instead). Any other
+//! device or dtype falls back to candle's own `conv2d`, bias add and ReLU, which are correct
+//! there, only slower.
 //!
 //! The files follow the seams: `geometry` (the checked shapes and im2col), `gemm` (the one GEMM
-//! call), `forward`, `backward`, and `layer`, the [`Conv2d`] layer with its [`ConvSpec`], where
-//! parameters and multiply-accumulates are counted.
+//! call), `forward`, `backward`, `cuda` (the CUDA path), and `layer`, the [`Conv2d`] layer with
+//! its [`ConvSpec`], where parameters and multiply-accumulates are counted.
 
 mod backward;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod forward;
 mod gemm;
 mod geometry;
@@ -57,7 +62,8 @@ pub struct ConvOptions {
 }
 
 /// `relu?(conv(xs, weight) + bias)` for `xs` `[N, C_in, H, W]` and `weight` `[C_out, C_in, k, k]`;
-/// differentiable. Fast on the CPU for f32 and f64, candle's own convolution elsewhere.
+/// differentiable. Our GEMMs on the CPU for f32 and f64; on a CUDA device candle's forward with
+/// our GEMM backward; candle's own convolution elsewhere.
 pub fn conv2d(
     xs: &Tensor,
     weight: &Tensor,
@@ -68,11 +74,14 @@ pub fn conv2d(
     if let Some(b) = bias {
         g.expect_bias(b.dims())?;
     }
-    let fast = xs.device().is_cpu()
-        && matches!(xs.dtype(), DType::F32 | DType::F64)
+    let float_operands = matches!(xs.dtype(), DType::F32 | DType::F64)
         && weight.dtype() == xs.dtype()
         && bias.is_none_or(|b| b.dtype() == xs.dtype());
-    if !fast {
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() && float_operands && cuda::gemm_backward() {
+        return cuda::conv2d(xs, weight, bias, opts, g);
+    }
+    if !(xs.device().is_cpu() && float_operands) {
         let mut ys = xs.conv2d(weight, opts.padding, opts.stride, 1, 1)?;
         if let Some(b) = bias {
             ys = ys.broadcast_add(&b.reshape((1, (), 1, 1))?)?;

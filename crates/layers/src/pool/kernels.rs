@@ -12,9 +12,9 @@ use super::{Pool2dConfig, PoolKind};
 /// Plane geometry shared by forward and backward kernels.
 #[derive(Clone, Copy)]
 pub(super) struct Planes {
-    n_planes: usize,
-    h: usize,
-    w: usize,
+    pub(super) n_planes: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
     pub(super) oh: usize,
     pub(super) ow: usize,
 }
@@ -71,7 +71,7 @@ pub(super) fn forward_kernel<T: WithDType>(
     cfg: &Pool2dConfig,
     input: &[T],
     g: Planes,
-    argmax: Option<&OnceLock<Vec<u32>>>,
+    argmax: Option<&OnceLock<super::Argmax>>,
 ) -> Vec<T> {
     let len = g.n_planes * g.oh * g.ow;
     let mut out = vec![T::zero(); len];
@@ -85,7 +85,7 @@ pub(super) fn forward_kernel<T: WithDType>(
                 .zip(indices.par_chunks_mut(g.oh * g.ow))
                 .for_each(|((out, plane), idx)| pool_plane(cfg, g, plane, out, Some(idx)));
             // A forward runs once per op; should candle ever run it twice, the indices agree.
-            let _ = cell.set(indices);
+            let _ = cell.set(super::Argmax::Cpu(indices));
         }
         None => planes.for_each(|(out, plane)| pool_plane(cfg, g, plane, out, None)),
     }

@@ -7,11 +7,16 @@
 //! in row-major order, and overlapping windows accumulating. Forward and backward run one
 //! (image, channel) plane per rayon task; a max pool whose input tracks a gradient records where
 //! each maximum came from (as PyTorch's indices), so its backward is a scatter.
-//! Only the CPU is implemented: on other devices the ops return candle's "no cuda implementation"
-//! error rather than a silent fallback.
+//! On a CUDA device (feature `cuda`) the same ops run as kernels (`pool_fwd`, `pool_bwd` in
+//! cuda/kernels.cu): one thread per output forward, the recorded maxima kept on the device, and a
+//! backward that gathers, per input cell, from the windows covering it, in the CPU's order and
+//! without atomics. Other devices get candle's "no implementation" error, not a silent fallback.
 //!
-//! This file holds the configuration and the ops; `kernels` the loops over planes they run.
+//! This file holds the configuration and the ops; `kernels` the loops over planes they run, and
+//! `cuda` their CUDA launches.
 
+#[cfg(feature = "cuda")]
+mod cuda;
 mod kernels;
 #[cfg(test)]
 mod tests;
@@ -123,7 +128,8 @@ impl Pool2dConfig {
     }
 }
 
-/// Pools `xs` (`[N, C, H, W]`, f32 or f64, CPU) with `cfg`; differentiable.
+/// Pools `xs` (`[N, C, H, W]`, f32 or f64, on the CPU or a CUDA device) with `cfg`;
+/// differentiable.
 pub fn pool2d(xs: &Tensor, cfg: &Pool2dConfig) -> Result<Tensor> {
     cfg.validate()?;
     let (_, _, h, w) = dims4(xs, "pool2d")?;
@@ -158,7 +164,26 @@ struct Pool2dOp {
     cfg: Pool2dConfig,
     /// For a max pool on the gradient path: the in-plane index of each output's maximum
     /// (`u32::MAX` for a window without cells), written by the forward.
-    argmax: Option<OnceLock<Vec<u32>>>,
+    argmax: Option<OnceLock<Argmax>>,
+}
+
+/// Where a max pool's recorded maxima live: beside the data they index.
+enum Argmax {
+    /// Host memory, for a CPU forward.
+    Cpu(Vec<u32>),
+    /// Device memory, for a CUDA forward: the backward reads it there, never copied to the host.
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>),
+}
+
+impl Argmax {
+    fn len(&self) -> usize {
+        match self {
+            Self::Cpu(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(s) => s.len(),
+        }
+    }
 }
 
 impl CustomOp1 for Pool2dOp {
@@ -185,6 +210,22 @@ impl CustomOp1 for Pool2dOp {
         Ok((out, shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = Planes::of(&self.cfg, layout.dims())?;
+        let dims = layout.dims();
+        let (out, argmax) = cuda::forward(&self.cfg, g, storage, layout, self.argmax.is_some())?;
+        if let (Some(cell), Some(argmax)) = (&self.argmax, argmax) {
+            // A forward runs once per op; should candle ever run it twice, the indices agree.
+            let _ = cell.set(Argmax::Cuda(argmax));
+        }
+        Ok((out, Shape::from((dims[0], dims[1], g.oh, g.ow))))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -195,6 +236,7 @@ impl CustomOp1 for Pool2dOp {
         let grad = match self.argmax.as_ref().and_then(OnceLock::get) {
             Some(argmax) => grad_res.apply_op1_no_bwd(&MaxPoolScatterOp {
                 argmax,
+                cfg: self.cfg,
                 in_shape: arg.shape().clone(),
             })?,
             None => arg.apply_op2_no_bwd(&grad_res, &Pool2dBackwardOp { cfg: self.cfg })?,
@@ -206,7 +248,10 @@ impl CustomOp1 for Pool2dOp {
 /// Gradient of a max [`Pool2dOp`] from its recorded maxima: each output's gradient added onto the
 /// cell its maximum came from.
 struct MaxPoolScatterOp<'a> {
-    argmax: &'a [u32],
+    argmax: &'a Argmax,
+    /// The pool's geometry, which the CUDA gather needs (the CPU scatter does not).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    cfg: Pool2dConfig,
     in_shape: Shape,
 }
 
@@ -244,11 +289,42 @@ impl CustomOp1 for MaxPoolScatterOp<'_> {
                 self.argmax.len()
             );
         }
+        #[allow(irrefutable_let_patterns)] // refutable when the `cuda` feature is on
+        let Argmax::Cpu(argmax) = self.argmax
+        else {
+            candle_core::bail!(
+                "{}: the maxima were recorded on another device",
+                self.name()
+            )
+        };
         let op = self.name();
         let out = dispatch_float!(grad.dtype(), op, |T| {
             let grad = slice::<T>(grad, layout, op)?;
-            T::to_cpu_storage_owned(run(self.argmax, grad, &self.in_shape))
+            T::to_cpu_storage_owned(run(argmax, grad, &self.in_shape))
         });
+        Ok((out, self.in_shape.clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        grad: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let Argmax::Cuda(argmax) = self.argmax else {
+            candle_core::bail!(
+                "{}: the maxima were recorded on another device",
+                self.name()
+            )
+        };
+        if layout.shape().elem_count() != argmax.len() {
+            candle_core::bail!(
+                "{}: gradient does not match the recorded maxima",
+                self.name()
+            );
+        }
+        let g = Planes::of(&self.cfg, self.in_shape.dims())?;
+        let out = cuda::backward(&self.cfg, g, None, Some(argmax), (grad, layout))?;
         Ok((out, self.in_shape.clone()))
     }
 }
@@ -287,6 +363,33 @@ impl CustomOp2 for Pool2dBackwardOp {
             let grad = slice::<T>(grad, grad_layout, op)?;
             T::to_cpu_storage_owned(backward_kernel(&self.cfg, input, grad, g))
         });
+        Ok((out, input_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        input: &candle_core::CudaStorage,
+        input_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = Planes::of(&self.cfg, input_layout.dims())?;
+        let expected = [input_layout.dims()[0], input_layout.dims()[1], g.oh, g.ow];
+        if grad_layout.dims() != expected {
+            candle_core::bail!(
+                "{}: gradient shape {:?} does not match output shape {expected:?}",
+                self.name(),
+                grad_layout.dims()
+            );
+        }
+        let out = cuda::backward(
+            &self.cfg,
+            g,
+            Some((input, input_layout)),
+            None,
+            (grad, grad_layout),
+        )?;
         Ok((out, input_layout.shape().clone()))
     }
 }

@@ -39,8 +39,9 @@ pub struct TrainArgs {
     /// Dataset to train on [default: cifar10].
     #[arg(long, value_enum)]
     dataset: Option<DatasetArg>,
-    /// Training recipe: cpu_fast (the default: a quarter of an hour on 2 cores), cpu_hour,
-    /// cpu_quick (NIN exactly as built, 3 epochs), modern, paper, or a JSON file.
+    /// Training recipe: cpu_quick (the default: NIN exactly as built, 3 epochs, about 15
+    /// minutes on 2 cores), cpu_fast and cpu_hour (batch norm, flip TTA), modern, paper, or a
+    /// JSON file.
     #[arg(long)]
     recipe: Option<String>,
     /// Override the recipe's number of epochs.

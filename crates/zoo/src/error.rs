@@ -85,6 +85,16 @@ pub enum Error {
         /// What went wrong, and what to do about it.
         reason: String,
     },
+    /// A class map, heat map or image handed to [`crate::cam`] has the wrong shape.
+    #[error("class activation map: {what}: expected {expected}, got {got}")]
+    CamShape {
+        /// Which input.
+        what: &'static str,
+        /// The shape it must have.
+        expected: String,
+        /// What it had.
+        got: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

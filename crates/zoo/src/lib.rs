@@ -1,7 +1,8 @@
 /*!
 The zoo: every model of every family by name, loading a trained model directory, and the
 inference pipeline ([`Classifier`]: model directory → preprocessed inputs → logits,
-probabilities, class maps) that every caller shares.
+probabilities, class maps) that every caller shares, and class activation maps ([`cam`]: class
+maps as heat maps over the image).
 
 Trained weights are named `arch.tag` ([`PRETRAINED`]); what a user passes as a model (a model
 directory, a tag, or `hf-hub:owner/name[@revision]`) resolves to a local model directory with
@@ -23,6 +24,7 @@ assert_eq!(created.info.param_count, 966_986);
 #![forbid(unsafe_code)]
 
 mod bounds;
+pub mod cam;
 mod error;
 #[cfg(feature = "hub")]
 mod hub;

@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+#[cfg(feature = "files")]
 use faer::linalg::matmul::matmul;
+#[cfg(feature = "files")]
 use faer::{Accum, Mat, Par, Side};
 use serde::{Deserialize, Serialize};
 
 use crate::error::printable;
-use crate::dataset::{ImageSet, IMAGE_BYTES};
+#[cfg(feature = "files")]
+use crate::dataset::ImageSet;
+use crate::dataset::IMAGE_BYTES;
 use crate::{Error, Result};
 
 /// Tensor name of the ZCA mean vector `[3072]`.
@@ -97,6 +101,7 @@ pub fn gcn(image: &[u8], scale: f32, out: &mut [f32]) {
 
 impl Zca {
     /// Fits GCN + ZCA on `set` (all 50,000 training images take some seconds on 2 cores).
+    #[cfg(feature = "files")]
     pub fn fit(set: &ImageSet, cfg: ZcaConfig) -> Result<Self> {
         let n = set.len();
         if n < 2 {

@@ -89,7 +89,8 @@ impl WebClassifier {
     /// Classifies the bytes of a PNG or JPEG file named `name`: decoded, stretched to the
     /// model's input size with a triangle filter and preprocessed exactly as `nin predict` does.
     pub fn classify(&self, name: &str, image: &[u8]) -> Result<Prediction, JsError> {
-        let pixels = decode(name, image, self.classifier.input_size()).map_err(JsError::new)?;
+        let pixels =
+            decode(name, image, self.classifier.input_size()).map_err(|e| JsError::new(&e))?;
         let inputs = self.classifier.inputs_from_pixels(&pixels).map_err(js)?;
         let predictions = self.classifier.classify(&inputs).map_err(js)?;
         let maps = ClassMaps::from_tensor(&predictions.class_maps).map_err(js)?;

@@ -33,7 +33,7 @@ enum Task {
     /// Build the browser demo (crates/web) into a folder of static files.
     Web {
         /// The output folder.
-        #[arg(long, value_name = "DIR", default_value = "target/web")]
+        #[arg(long, value_name = "DIR", default_value = "target/web-demo")]
         out: PathBuf,
         /// The CIFAR-10 binary archive the page's strip of test images comes from.
         #[arg(long, value_name = "PATH", default_value = "../shared/data/cifar-10-binary.tar.gz")]

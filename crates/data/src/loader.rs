@@ -22,7 +22,7 @@ use crate::dataset::{ImageSet, IMAGE_BYTES};
 use crate::normalize::Normalize;
 pub use crate::preprocess::Preprocess;
 use crate::rng::{rng_for, TAG_AUGMENT, TAG_SHUFFLE};
-use crate::zca::{Zca, ZcaTensors};
+use crate::zca::ZcaTensors;
 use crate::{Error, Result};
 
 /// How a [`Loader`] batches a split.

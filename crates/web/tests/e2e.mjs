@@ -1,6 +1,6 @@
 // End-to-end test of the browser demo in Debian's headless Chromium, driven by playwright-core.
 //
-//   node crates/web/tests/e2e.mjs --page target/web --nin target/debug/nin \
+//   node crates/web/tests/e2e.mjs --page target/web-demo --nin target/debug/nin \
 //        --model pretrained/nin_bn.cifar10 [--screenshot docs/web-demo.png]
 //
 // It serves the page built by `cargo xtask web` on loopback (a small static server started

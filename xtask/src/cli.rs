@@ -36,7 +36,11 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "target/web-demo")]
         out: PathBuf,
         /// The CIFAR-10 binary archive the page's strip of test images comes from.
-        #[arg(long, value_name = "PATH", default_value = "../shared/data/cifar-10-binary.tar.gz")]
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "../shared/data/cifar-10-binary.tar.gz"
+        )]
         data: PathBuf,
     },
 }
@@ -133,7 +137,8 @@ pub fn main() -> ExitCode {
         Task::Tidy => return crate::run_tidy(),
         Task::Sweep(cmd) => sweep_cmd(cmd),
         Task::Web { out, data } => {
-            crate::web::build(&crate::project_root(), &crate::web::WebArgs { out, data }).map(|()| 0)
+            crate::web::build(&crate::project_root(), &crate::web::WebArgs { out, data })
+                .map(|()| 0)
         }
     };
     match result {

@@ -105,7 +105,8 @@ fn pinned_wasm_bindgen(root: &Path) -> anyhow::Result<String> {
 
 /// Checks that `wasm-bindgen` on the PATH is version `version`.
 fn check_wasm_bindgen(version: &str) -> anyhow::Result<()> {
-    let install = format!("install it with `cargo install --locked wasm-bindgen-cli --version {version}`");
+    let install =
+        format!("install it with `cargo install --locked wasm-bindgen-cli --version {version}`");
     let output = Command::new("wasm-bindgen")
         .arg("--version")
         .output()
@@ -171,7 +172,10 @@ fn copy_models(pretrained: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     dirs.sort();
     if dirs.is_empty() {
-        bail!("{}: no model directory (tag/config.json) to ship", pretrained.display());
+        bail!(
+            "{}: no model directory (tag/config.json) to ship",
+            pretrained.display()
+        );
     }
     for dir in dirs {
         let config = ModelDirConfig::load(&dir)?;
@@ -197,7 +201,10 @@ fn write_samples(archive: &Path, out: &Path) -> anyhow::Result<()> {
     })?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut records = Vec::new();
-    for entry in tar.entries().with_context(|| format!("reading {}", archive.display()))? {
+    for entry in tar
+        .entries()
+        .with_context(|| format!("reading {}", archive.display()))?
+    {
         let entry = entry.with_context(|| format!("reading {}", archive.display()))?;
         if entry.path()?.file_name() == Some("test_batch.bin".as_ref()) {
             entry
@@ -219,7 +226,9 @@ fn write_samples(archive: &Path, out: &Path) -> anyhow::Result<()> {
     for (index, record) in records.chunks_exact(RECORD).take(SAMPLES).enumerate() {
         let label = *CIFAR10_LABELS
             .get(usize::from(record[0]))
-            .with_context(|| format!("test image {index}: label {} is not CIFAR-10's", record[0]))?;
+            .with_context(|| {
+                format!("test image {index}: label {} is not CIFAR-10's", record[0])
+            })?;
         let chw = &record[1..];
         let rgb = image::RgbImage::from_fn(32, 32, |x, y| {
             let i = (y * 32 + x) as usize;

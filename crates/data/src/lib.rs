@@ -68,8 +68,8 @@ pub use error::{Error, Result};
 pub use loader::{
     augment_image, epoch_permutation, Augment, Batch, Batches, HostBatch, Loader, LoaderConfig,
 };
-pub use preprocess::Preprocess;
 pub use normalize::Normalize;
+pub use preprocess::Preprocess;
 pub use zca::{
     gcn, Zca, ZcaConfig, ZcaTensors, MAX_WHITENING_BYTES, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN,
 };

@@ -16,10 +16,10 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, Side};
 use serde::{Deserialize, Serialize};
 
-use crate::error::printable;
 #[cfg(feature = "files")]
 use crate::dataset::ImageSet;
 use crate::dataset::IMAGE_BYTES;
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// Tensor name of the ZCA mean vector `[3072]`.

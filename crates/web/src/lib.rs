@@ -208,11 +208,17 @@ mod tests {
 
     #[test]
     fn images_are_decoded_at_the_model_size_and_bad_files_named() {
-        assert_eq!(decode("a.png", &png(40, 20), (32, 32)).unwrap().len(), 3 * 32 * 32);
+        assert_eq!(
+            decode("a.png", &png(40, 20), (32, 32)).unwrap().len(),
+            3 * 32 * 32
+        );
         let err = decode("notes.txt", b"hello, not an image", (32, 32)).unwrap_err();
         assert_eq!(err, "notes.txt: not a PNG or JPEG image");
         let err = decode("huge.png", &png(MAX_IMAGE_SIDE + 1, 2), (32, 32)).unwrap_err();
-        assert!(err.contains("4097×2 pixels; the demo takes at most 4096"), "{err}");
+        assert!(
+            err.contains("4097×2 pixels; the demo takes at most 4096"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,8 +70,11 @@ impl ModelFiles {
                 reason: "not a directory (expected config.json and model.safetensors)".into(),
             });
         }
-        let config_json =
-            nin_format::read_bounded(&dir.join(CONFIG_JSON), "JSON file", nin_format::MAX_JSON_BYTES)?;
+        let config_json = nin_format::read_bounded(
+            &dir.join(CONFIG_JSON),
+            "JSON file",
+            nin_format::MAX_JSON_BYTES,
+        )?;
         let mut files = ModelFiles {
             source: dir.to_path_buf(),
             config_json,
@@ -85,12 +88,13 @@ impl ModelFiles {
             nin_layers::weights::MAX_SAFETENSORS_BYTES,
         )?;
         if let Some(path) = config.whitening_path(dir)? {
-            let bytes = nin_format::read_bounded(&path, "whitening file", nin_data::MAX_WHITENING_BYTES)
-                .map_err(|e| Error::Whitening {
-                    dir: dir.to_path_buf(),
-                    path: path.clone(),
-                    source: Box::new(nin_data::Error::Format(e)),
-                })?;
+            let bytes =
+                nin_format::read_bounded(&path, "whitening file", nin_data::MAX_WHITENING_BYTES)
+                    .map_err(|e| Error::Whitening {
+                        dir: dir.to_path_buf(),
+                        path: path.clone(),
+                        source: Box::new(nin_data::Error::Format(e)),
+                    })?;
             files.whitening = Some(bytes);
         }
         Ok(files)
@@ -148,8 +152,11 @@ pub fn load_model_files(files: &ModelFiles, device: &Device) -> Result<LoadedMod
         }
         .into());
     }
-    let loaded =
-        nin_layers::weights::read_safetensors_bytes(&weights_path, &files.model_safetensors, device)?;
+    let loaded = nin_layers::weights::read_safetensors_bytes(
+        &weights_path,
+        &files.model_safetensors,
+        device,
+    )?;
     nin_layers::weights::set_weights(
         &weights_path,
         loaded.tensors,

@@ -39,6 +39,12 @@ pub fn shipped_tags() -> Vec<String> {
         .collect()
 }
 
+/// [`MAX_IMAGE_BYTES`], for the page to refuse a larger file before reading it into memory.
+#[wasm_bindgen]
+pub fn max_image_bytes() -> usize {
+    MAX_IMAGE_BYTES
+}
+
 /// The whitening file a model's `config.json` names, if any: the page fetches it too.
 #[wasm_bindgen]
 pub fn whitening_file(config_json: &[u8]) -> Result<Option<String>, JsError> {

@@ -3,7 +3,7 @@
 // top-5 bars and the class activation map. Every failure is shown on the page; nothing throws
 // past these handlers. The page exposes its last result as `window.ninDemo` for the
 // end-to-end test (crates/web/tests/e2e.mjs).
-import init, { WebClassifier, shipped_tags, whitening_file } from './pkg/nin_web.js';
+import init, { WebClassifier, max_image_bytes, shipped_tags, whitening_file } from './pkg/nin_web.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { classifier: null, labels: [], prediction: null, shown: -1, loading: null };
@@ -146,6 +146,11 @@ async function classify(name, bytes) {
 
 async function classifyFile(file) {
   if (!file) return;
+  const limit = max_image_bytes();
+  if (file.size > limit) {
+    showError(`This image cannot be classified: ${file.name}: the file is ${(file.size / 1e6).toFixed(1)} MB; the demo takes images up to ${limit / 1048576} MB`);
+    return;
+  }
   try {
     await classify(file.name, new Uint8Array(await file.arrayBuffer()));
   } catch (e) {

@@ -30,6 +30,19 @@ enum Task {
     /// Comparative training sweeps: a plan (sweeps/*.toml) of many `nin train` runs.
     #[command(subcommand)]
     Sweep(SweepCmd),
+    /// Build the browser demo (crates/web) into a folder of static files.
+    Web {
+        /// The output folder.
+        #[arg(long, value_name = "DIR", default_value = "target/web-demo")]
+        out: PathBuf,
+        /// The CIFAR-10 binary archive the page's strip of test images comes from.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "../shared/data/cifar-10-binary.tar.gz"
+        )]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +136,10 @@ pub fn main() -> ExitCode {
     let result = match cli.task {
         Task::Tidy => return crate::run_tidy(),
         Task::Sweep(cmd) => sweep_cmd(cmd),
+        Task::Web { out, data } => {
+            crate::web::build(&crate::project_root(), &crate::web::WebArgs { out, data })
+                .map(|()| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

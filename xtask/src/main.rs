@@ -1,11 +1,13 @@
 //! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`) and `sweep`
-//! (comparative training sweeps, locally or on SLURM: see the `sweep` module).
+//! Tasks: `tidy` (repository hygiene checks, also run by `cargo test -p xtask`), `sweep`
+//! (comparative training sweeps, locally or on SLURM: see the `sweep` module) and `web` (the
+//! browser demo's static page: see the `web` module).
 #![deny(unsafe_code)]
 
 mod cli;
 mod sweep;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

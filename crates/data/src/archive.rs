@@ -293,26 +293,7 @@ fn missing(archive: &Path, dataset: Dataset, name: &str) -> Error {
     }
 }
 
-/// Text from inside a file (a member name, a decoder's message quoting one) made safe to print:
-/// garbage bytes would otherwise reach the terminal as control characters, or as a screenful.
-pub(crate) fn printable(text: &str) -> String {
-    const MAX_CHARS: usize = 120;
-    let mut out: String = text
-        .chars()
-        .take(MAX_CHARS)
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() || (c.is_alphanumeric() && !c.is_ascii()) {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    if text.chars().nth(MAX_CHARS).is_some() {
-        out.push('…');
-    }
-    out
-}
+pub(crate) use crate::error::printable;
 
 /// A reader that fails once more than `limit` bytes come through, and remembers that it did, so
 /// an endless or absurdly large stream is refused instead of read for ever.

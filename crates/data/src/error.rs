@@ -229,6 +229,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An [`Error::Io`] on `path` while doing `action`.
+    #[cfg(feature = "files")]
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -243,6 +244,7 @@ impl Error {
 
     /// The format crate's errors in this crate's terms: a file too large is this crate's
     /// [`Error::TooLarge`], so callers match one variant whatever read it.
+    #[cfg(feature = "files")]
     pub(crate) fn from_format(e: nin_format::Error) -> Self {
         match e {
             nin_format::Error::TooLarge {
@@ -259,4 +261,25 @@ impl Error {
             other => Error::Format(other),
         }
     }
+}
+
+/// Text from inside a file (a member name, a decoder's message quoting one) made safe to print:
+/// garbage bytes would otherwise reach the terminal as control characters, or as a screenful.
+pub(crate) fn printable(text: &str) -> String {
+    const MAX_CHARS: usize = 120;
+    let mut out: String = text
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() || (c.is_alphanumeric() && !c.is_ascii()) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }

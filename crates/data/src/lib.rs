@@ -6,6 +6,8 @@
 //!   ones ([`max_member_bytes`]); `download` (feature `download`, on by default) fetches into the
 //!   cache with resume, MD5 check and stall timeouts, reporting to a `DownloadProgress` the caller
 //!   draws; [`extract`] unpacks only the expected members, each written atomically.
+//!   These need the `files` feature (on by default, as `download` implies it); without it the
+//!   crate is only the preprocessing of a trained model (for the WebAssembly demo).
 //! - [`Cifar`] holds both splits as [`ImageSet`]s (`u8`, CHW, as stored); [`Cifar::split`] draws a
 //!   seeded, stratified validation [`Holdout`] from the training set.
 //! - [`Loader`] turns a set into [`Batch`]es of `[N, 3, 32, 32]` f32 tensors and `u32` labels, with
@@ -30,22 +32,29 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "files")]
 mod archive;
+#[cfg(feature = "files")]
 mod cache;
 mod dataset;
 #[cfg(feature = "download")]
 mod download;
 mod error;
+#[cfg(feature = "files")]
 mod loader;
 mod normalize;
+mod preprocess;
 mod rng;
+#[cfg(feature = "files")]
 mod stem;
 mod zca;
 
+#[cfg(feature = "files")]
 pub use archive::{
     extract, load, load_source, locate, max_archive_bytes, max_member_bytes, read_archive,
     read_folder, LoadOptions, Members, Source,
 };
+#[cfg(feature = "files")]
 pub use cache::{cache_dir, md5_file};
 pub use dataset::{
     parse_names, parse_records, Cifar, Dataset, Holdout, ImageSet, LabelKind, Split, HOME_PAGE,
@@ -57,11 +66,13 @@ pub use download::{
     DEFAULT_BASE_URL, DEFAULT_STALL_TIMEOUT,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "files")]
 pub use loader::{
     augment_image, epoch_permutation, Augment, Batch, Batches, HostBatch, Loader, LoaderConfig,
-    Preprocess,
 };
 pub use normalize::Normalize;
+pub use preprocess::Preprocess;
+#[cfg(feature = "files")]
 pub use stem::whitened_patch_filters;
 pub use zca::{
     gcn, Zca, ZcaConfig, ZcaTensors, MAX_WHITENING_BYTES, ZCA_GCN_SCALE, ZCA_MATRIX, ZCA_MEAN,

@@ -20,19 +20,10 @@ pub use nin_format::Augment;
 
 use crate::dataset::{ImageSet, IMAGE_BYTES};
 use crate::normalize::Normalize;
+pub use crate::preprocess::Preprocess;
 use crate::rng::{rng_for, TAG_AUGMENT, TAG_SHUFFLE};
-use crate::zca::{Zca, ZcaTensors};
+use crate::zca::ZcaTensors;
 use crate::{Error, Result};
-
-/// How pixels become model inputs.
-#[derive(Clone, Debug)]
-pub enum Preprocess {
-    /// `(pixel / 255 − mean[c]) / std[c]`.
-    Normalize(Normalize),
-    /// The authors' GCN + ZCA, applied to each batch on its device. Crop padding and cutout act on
-    /// the raw image (black pixels) before whitening; the authors padded whitened images with zeros.
-    GcnZca(Arc<Zca>),
-}
 
 /// How a [`Loader`] batches a split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Purpose tag of the epoch permutation.
+#[cfg(feature = "files")]
 pub(crate) const TAG_SHUFFLE: u64 = 0x5348_5546;
 /// Purpose tag of per-image augmentation.
+#[cfg(feature = "files")]
 pub(crate) const TAG_AUGMENT: u64 = 0x4155_4731;
 /// Purpose tag of the validation hold-out.
 pub(crate) const TAG_HOLDOUT: u64 = 0x484f_4c44;

@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+#[cfg(feature = "files")]
 use faer::linalg::matmul::matmul;
+#[cfg(feature = "files")]
 use faer::{Accum, Mat, Par, Side};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::printable;
-use crate::dataset::{ImageSet, IMAGE_BYTES};
+#[cfg(feature = "files")]
+use crate::dataset::ImageSet;
+use crate::dataset::IMAGE_BYTES;
+use crate::error::printable;
 use crate::{Error, Result};
 
 /// Tensor name of the ZCA mean vector `[3072]`.
@@ -97,6 +101,7 @@ pub fn gcn(image: &[u8], scale: f32, out: &mut [f32]) {
 
 impl Zca {
     /// Fits GCN + ZCA on `set` (all 50,000 training images take some seconds on 2 cores).
+    #[cfg(feature = "files")]
     pub fn fit(set: &ImageSet, cfg: ZcaConfig) -> Result<Self> {
         let n = set.len();
         if n < 2 {
@@ -248,6 +253,7 @@ impl Zca {
 
     /// Saves the transform to a safetensors file (usually [`nin_format::files::WHITENING_SAFETENSORS`]
     /// in a model directory), atomically: a reader sees the old file or the new one, never half.
+    #[cfg(feature = "files")]
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> =
             self.to_tensors(&Device::Cpu)?.into_iter().collect();
@@ -263,18 +269,35 @@ impl Zca {
 
     /// Loads a transform saved by [`Zca::save`] (or the `zca.*` tensors of a model file), reading
     /// at most [`MAX_WHITENING_BYTES`].
+    #[cfg(feature = "files")]
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = nin_format::read_bounded(path, "whitening file", MAX_WHITENING_BYTES)
             .map_err(Error::from_format)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Reads a transform from the bytes of a safetensors file (what [`Zca::save`] writes);
+    /// `path` names the file in errors. The one reader behind [`Zca::load`], and the browser
+    /// demo's, which has no file system.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        if bytes.len() as u64 > MAX_WHITENING_BYTES {
+            return Err(Error::Whitening {
+                path: path.into(),
+                reason: format!(
+                    "{} bytes, more than the {MAX_WHITENING_BYTES} a whitening file may hold",
+                    bytes.len()
+                ),
+            });
+        }
         // Checks the header's offsets against the bytes before candle reads them.
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Whitening {
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Whitening {
             path: path.into(),
             reason: format!(
                 "not a valid safetensors whitening file ({})",
                 printable(&e.to_string())
             ),
         })?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
         Self::from_tensors(&tensors, path)
     }
 }

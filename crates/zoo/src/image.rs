@@ -1,9 +1,11 @@
 //! Decoding an image file into the model's input size (the `image` feature).
 
+#[cfg(feature = "files")]
 use std::path::Path;
 
 use image::imageops::FilterType;
 
+#[cfg(feature = "files")]
 use crate::error::{Error, Result};
 
 /// The largest image accepted, in pixels per side: far above any photo, far below a decoding
@@ -11,10 +13,12 @@ use crate::error::{Error, Result};
 const MAX_SIDE: u32 = 8192;
 
 /// The largest image file read (a 8192×8192 PNG of noise is about 200 MB).
+#[cfg(feature = "files")]
 const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Reads a PNG or JPEG file and stretches it to `height × width` with a triangle (bilinear)
 /// filter, as CHW `u8` pixels.
+#[cfg(feature = "files")]
 pub fn load_rgb_chw(path: &Path, height: usize, width: usize) -> Result<Vec<u8>> {
     let bad = |reason: String| Error::Image {
         path: path.to_path_buf(),

@@ -11,7 +11,7 @@ use nin_data::{Normalize, Preprocess, Zca};
 use nin_format::{ModelDirConfig, PretrainedCfg};
 
 use crate::error::{Error, Result};
-use crate::model_dir::{load_model_dir, LoadedModel};
+use crate::model_dir::{load_model_files, LoadedModel, ModelFiles};
 
 /// The largest input side a model directory may ask for (the zoo's models take 32×32 images).
 const MAX_INPUT_SIDE: usize = 1024;
@@ -54,13 +54,21 @@ impl Predictions {
 
 impl Classifier {
     /// Loads the model directory `dir` onto `device`, with the input transform its
-    /// `pretrained_cfg` names.
+    /// `pretrained_cfg` names: reads its files ([`ModelFiles::read`]), then
+    /// [`Self::from_files`].
+    #[cfg(feature = "files")]
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let loaded = load_model_dir(dir, device)?;
-        let preprocess = preprocess_of(dir, &loaded.config)?;
+        Self::from_files(&ModelFiles::read(dir)?, device)
+    }
+
+    /// Loads a model directory's files (read from a folder, or fetched by a browser) onto
+    /// `device`, with the input transform its `pretrained_cfg` names.
+    pub fn from_files(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let loaded = load_model_files(files, device)?;
+        let preprocess = preprocess_from(files, &loaded.config)?;
         Ok(Self {
             loaded,
-            dir: dir.to_path_buf(),
+            dir: files.source.clone(),
             preprocess,
             device: device.clone(),
         })
@@ -76,7 +84,7 @@ impl Classifier {
         &self.loaded.config
     }
 
-    /// The model directory it was loaded from.
+    /// The model directory it was loaded from (for files fetched by a browser, where from).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -161,7 +169,7 @@ impl Classifier {
 
     /// Reads a PNG or JPEG file of any size and stretches it (not cropped) to the model's input
     /// size with a triangle (bilinear) filter: CHW `u8` pixels for [`Self::inputs_from_pixels`].
-    #[cfg(feature = "image")]
+    #[cfg(all(feature = "image", feature = "files"))]
     pub fn load_image(&self, path: &Path) -> Result<Vec<u8>> {
         let (h, w) = self.input_size();
         crate::image::load_rgb_chw(path, h, w)
@@ -170,7 +178,32 @@ impl Classifier {
 
 /// How the model directory `dir` wants pixels turned into inputs: its whitening file if its
 /// `pretrained_cfg` names one, else mean/std normalisation.
+#[cfg(feature = "files")]
 pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> {
+    let whitening = match config.whitening_path(dir)? {
+        Some(path) => Some(
+            nin_format::read_bounded(&path, "whitening file", nin_data::MAX_WHITENING_BYTES)
+                .map_err(|e| Error::Whitening {
+                    dir: dir.to_path_buf(),
+                    path: path.clone(),
+                    source: Box::new(nin_data::Error::Format(e)),
+                })?,
+        ),
+        None => None,
+    };
+    let files = ModelFiles {
+        source: dir.to_path_buf(),
+        config_json: Vec::new(),
+        model_safetensors: Vec::new(),
+        whitening,
+    };
+    preprocess_from(&files, config)
+}
+
+/// The input transform of a model directory's files: the whitening file if `config` names one
+/// (its bytes are `files.whitening`), else mean/std normalisation.
+pub fn preprocess_from(files: &ModelFiles, config: &ModelDirConfig) -> Result<Preprocess> {
+    let dir = files.source.as_path();
     let cfg = &config.pretrained_cfg;
     let [channels, height, width] = cfg.input_size;
     let bad = |reason: String| Error::ModelDir {
@@ -195,11 +228,18 @@ pub fn preprocess_of(dir: &Path, config: &ModelDirConfig) -> Result<Preprocess> 
                     cfg.input_size
                 )));
             }
-            let zca = Zca::load(&path).map_err(|source| Error::Whitening {
+            let whitening_error = |source| Error::Whitening {
                 dir: dir.to_path_buf(),
                 path: path.clone(),
                 source: Box::new(source),
+            };
+            let bytes = files.whitening.as_deref().ok_or_else(|| {
+                whitening_error(nin_data::Error::Whitening {
+                    path: path.clone(),
+                    reason: "missing".into(),
+                })
             })?;
+            let zca = Zca::from_bytes(bytes, &path).map_err(whitening_error)?;
             Preprocess::GcnZca(Arc::new(zca))
         }
         None => Preprocess::Normalize(normalize_of(dir, cfg)?),

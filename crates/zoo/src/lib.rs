@@ -32,6 +32,7 @@ mod hub;
 mod image;
 mod inference;
 mod model_dir;
+#[cfg(feature = "files")]
 mod model_spec;
 mod pretrained;
 mod registry;
@@ -40,9 +41,16 @@ pub use error::{Error, Result};
 #[cfg(feature = "hub")]
 pub use hub::{fetch_model, HubConfig, DEFAULT_ENDPOINT};
 #[cfg(feature = "image")]
-pub use image::{decode_rgb_chw, load_rgb_chw};
-pub use inference::{preprocess_of, Classifier, Predictions};
-pub use model_dir::{load_model_dir, LoadedModel};
+pub use image::decode_rgb_chw;
+#[cfg(all(feature = "image", feature = "files"))]
+pub use image::load_rgb_chw;
+#[cfg(feature = "files")]
+pub use inference::preprocess_of;
+pub use inference::{preprocess_from, Classifier, Predictions};
+#[cfg(feature = "files")]
+pub use model_dir::load_model_dir;
+pub use model_dir::{load_model_files, LoadedModel, ModelFiles};
+#[cfg(feature = "files")]
 pub use model_spec::{
     env_flag_on, resolve_model_spec, DownloadProgress, HubRepo, ModelSpec, NoProgress,
     ResolveOptions, ResolvedModel, HUB_PREFIX,

@@ -9,24 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use nin_format::CIFAR10_LABELS;
 use nin_format::{write_atomic, ModelDirConfig};
 
 /// How many CIFAR-10 test images the page's strip shows.
 pub const SAMPLES: usize = 12;
-
-/// The CIFAR-10 class names, in label order (as `batches.meta.txt` lists them).
-const CIFAR10_LABELS: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
 
 /// What `cargo xtask web` needs to know.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use nin_data::Normalize;
 use nin_format::files::{CONFIG_JSON, MODEL_SAFETENSORS};
+use nin_format::CIFAR10_LABELS;
 use nin_format::{Dataset, ModelDirConfig, PretrainedCfg};
 use regex::Regex;
 
@@ -373,20 +374,6 @@ fn label_names(dataset: Dataset, num_classes: usize) -> Vec<String> {
         (0..num_classes).map(|i| format!("class_{i}")).collect()
     }
 }
-
-/// CIFAR-10's class names, in label order (its `batches.meta.txt`).
-const CIFAR10_LABELS: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
 
 /// CIFAR-100's fine class names, in label order (its `fine_label_names.txt`).
 const CIFAR100_LABELS: [&str; 100] = [

@@ -9,18 +9,7 @@ use candle_core::Device;
 
 use crate::train::{cifar10_archive, nin, nin_ok, TestResult};
 
-const LABELS: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+use nin_format::CIFAR10_LABELS as LABELS;
 
 /// A small NIN model directory with CIFAR-10's label names.
 fn small_model(dir: &Path) -> TestResult {

@@ -10,6 +10,20 @@ use crate::error::{Error, Result};
 /// Bytes of pixels in one image: 3 planes of 32×32.
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 
+/// CIFAR-10's class names, in label order (the archive's `batches.meta.txt`).
+pub const CIFAR10_LABELS: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
 /// The dataset's home page, where the official archives and their MD5 sums are published.
 pub const HOME_PAGE: &str = "https://www.cs.toronto.edu/~kriz/cifar.html";
 

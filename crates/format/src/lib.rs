@@ -45,7 +45,7 @@ pub use atomic::{
     create_dir, read_bounded, read_json, remove_stale_temp_files, sync_dir, temp_path,
     write_atomic, write_atomic_with, write_json, MAX_JSON_BYTES, TMP_MARKER,
 };
-pub use dataset::{Dataset, LabelKind, Split, HOME_PAGE, IMAGE_BYTES};
+pub use dataset::{Dataset, LabelKind, Split, CIFAR10_LABELS, HOME_PAGE, IMAGE_BYTES};
 pub use error::{Error, Result};
 pub use metrics::{
     read_metrics, to_csv, to_jsonl, write_metrics, EpochRecord, CSV_HEADER, METRICS_COLUMNS,

@@ -371,6 +371,8 @@ where
         .x_label_formatter(&|v| match axis {
             CurveAxis::Epoch if (v - v.round()).abs() < 1e-6 => format!("{v:.0}"),
             CurveAxis::Epoch => String::new(),
+            // Short sweeps (tests, smoke plans) end within minutes: tenths keep the ticks apart.
+            CurveAxis::Minutes if x_max < 10.0 => format!("{v:.1}"),
             CurveAxis::Minutes => format!("{v:.0}"),
         })
         .y_label_formatter(&|v| format!("{v:.0}"))

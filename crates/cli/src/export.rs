@@ -1,7 +1,8 @@
 //! `nin export`: a run folder or model directory written as a Hub-ready repository —
 //! `config.json`, `model.safetensors` (PyTorch names and metadata, a sorted header), the whitening
-//! when the model has one, and a `README.md` model card with the Hub's front matter, the
-//! architecture, the recipe, the measured results and how to load it from `nin` and PyTorch.
+//! when the model has one, the run's `recipe.json`, and a `README.md` model card with the Hub's
+//! front matter, the architecture, the recipe, the measured results with their time and machine,
+//! the command that trains it again, and how to load it from `nin` and PyTorch.
 //! The repository is written into a temporary folder and renamed into place, so `--out` is
 //! either the old repository or the whole new one.
 
@@ -15,7 +16,10 @@ use clap::{Args, ValueEnum};
 use nin_format::files::{
     BEST_DIR, CONFIG_JSON, METRICS_JSONL, MODEL_SAFETENSORS, RUN_JSON, TRAINER_STATE_JSON,
 };
-use nin_format::{EpochRecord, ModelDirConfig, RunConfig, TrainerState};
+use nin_format::{EpochRecord, ModelDirConfig, Recipe, RunConfig, TrainerState};
+
+/// The run's recipe in an exported repository, which the card's training command reads.
+const RECIPE_FILE: &str = "recipe.json";
 
 /// Arguments of `nin export`.
 #[derive(Debug, Args)]
@@ -59,6 +63,23 @@ struct Exported {
 struct Measured {
     record: EpochRecord,
     split: String,
+    /// Wall-clock seconds the run spent up to the end of that epoch (training and evaluation).
+    elapsed_seconds: f64,
+}
+
+impl Measured {
+    fn new(record: EpochRecord, split: String, history: &[EpochRecord]) -> Self {
+        let elapsed_seconds = history
+            .iter()
+            .filter(|r| r.epoch <= record.epoch)
+            .map(|r| r.seconds)
+            .sum();
+        Self {
+            record,
+            split,
+            elapsed_seconds,
+        }
+    }
 }
 
 /// Runs `nin export`.
@@ -103,6 +124,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     write_sorted_safetensors(&tmp.path().join(MODEL_SAFETENSORS), &tensors, &metadata)?;
     nin_format::write_json(&tmp.path().join(CONFIG_JSON), &config)?;
     nin_train::copy_model_dir_files(&exported.model_dir, tmp.path(), &config)?;
+    if let Some(run) = &exported.run {
+        // The card's command trains from this file, so it reproduces the run even where the
+        // recipe is a user's own or a built-in one has changed since.
+        nin_format::write_json(&tmp.path().join(RECIPE_FILE), &run.recipe)?;
+    }
     let card = model_card(&exported, &config, loaded.entry, &info, &args.repo_id);
     nin_format::write_atomic(&tmp.path().join("README.md"), card.as_bytes())?;
 
@@ -218,7 +244,7 @@ fn from_best(best: PathBuf, run: RunConfig) -> anyhow::Result<Exported> {
         .metadata;
     let epoch = meta.get("epoch").and_then(|e| e.parse::<usize>().ok());
     let history = nin_format::read_metrics(&run_dir)?;
-    let record = epoch.and_then(|e| history.into_iter().find(|r| r.epoch == e));
+    let record = epoch.and_then(|e| history.iter().find(|r| r.epoch == e).cloned());
     let split = split_name(&run);
     Ok(Exported {
         model_dir: best,
@@ -228,7 +254,7 @@ fn from_best(best: PathBuf, run: RunConfig) -> anyhow::Result<Exported> {
                 run_dir.display()
             )
         }),
-        result: record.map(|record| Measured { record, split }),
+        result: record.map(|record| Measured::new(record, split, &history)),
         run: Some(run),
     })
 }
@@ -258,7 +284,7 @@ fn from_run_root(run_dir: &Path, run: RunConfig) -> anyhow::Result<Exported> {
                 state.step_in_epoch
             )
         }),
-        result: record.map(|record| Measured { record, split }),
+        result: record.map(|record| Measured::new(record, split, &state.history)),
         run: Some(run),
     })
 }
@@ -319,20 +345,37 @@ fn sort_keys(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// The `nin train` command line that reproduces `run` (the recipe by name; a run from a recipe
-/// file needs that file, whose content the card lists).
+/// The `nin train` command line that reproduces `run`, run from the exported folder (a built-in
+/// recipe by name, any other as the exported `recipe.json`; `--model-args` only where they are
+/// not the preset's).
 fn train_command(run: &RunConfig) -> String {
-    let mut cmd = format!(
-        "nin train --model {} --model-args '{}' --dataset {} --recipe {} --epochs {} --batch-size {} --lr {} --seed {}",
-        run.model.name,
-        run.model.model_args,
+    // A user's file, or a built-in recipe changed since the run, is read from `recipe.json`.
+    // Epochs, batch and rate are spelled out either way.
+    let built_in = Recipe::by_name(&run.recipe.name).is_ok_and(|mut r| {
+        r.epochs = run.recipe.epochs;
+        r.batch_size = run.recipe.batch_size;
+        r.lr = run.recipe.lr;
+        r == run.recipe
+    });
+    let recipe = if built_in {
+        run.recipe.name.clone()
+    } else {
+        RECIPE_FILE.to_string()
+    };
+    let mut cmd = format!("nin train --model {}", run.model.name);
+    let preset = nin_zoo::resolve_args(&run.model.name, run.model.num_classes, None).ok();
+    if preset.as_ref() != Some(&run.model.model_args) {
+        cmd.push_str(&format!(" --model-args '{}'", run.model.model_args));
+    }
+    cmd.push_str(&format!(
+        " --dataset {} --recipe {recipe} --epochs {} --batch-size {} --lr {} --seed {} --threads {}",
         run.data.dataset,
-        run.recipe.name,
         run.recipe.epochs,
         run.recipe.batch_size,
         run.recipe.lr,
-        run.seed
-    );
+        run.seed,
+        run.threads
+    ));
     if let Some(init) = &run.init_from {
         cmd.push_str(&format!(" --init-from {}", init.source));
     }
@@ -356,6 +399,29 @@ fn reference_module(family: &str) -> (&'static str, &'static str) {
         "drnin" => ("models/drnin/testdata/gen_drnin_golden.py", "DrNIN"),
         "dcnin" => ("models/dcnin/testdata/gen_dcnin_golden.py", "DcNIN"),
         _ => ("models/nin/testdata/gen_nin_golden.py", "NIN"),
+    }
+}
+
+/// `"14 min 32 s into the run (training and evaluation), 2 threads on AMD EPYC (cpu)"`: what
+/// a reader needs to set a card's time against their own machine.
+fn time_and_machine(seconds: f64, run: Option<&RunConfig>) -> String {
+    let seconds = seconds.round() as u64;
+    let time = format!(
+        "{} min {} s into the run (training and evaluation)",
+        seconds / 60,
+        seconds % 60
+    );
+    match run {
+        Some(run) => format!(
+            "{time}, {} thread{} on {} ({})",
+            run.threads,
+            if run.threads == 1 { "" } else { "s" },
+            run.processor
+                .as_deref()
+                .unwrap_or("an unrecorded processor"),
+            run.device
+        ),
+        None => time,
     }
 }
 
@@ -475,8 +541,10 @@ fn model_card(
             let pct = |v: Option<f64>| v.map(|v| format!("{v:.2} %")).unwrap_or_else(|| "—".into());
             let _ = writeln!(
                 s,
-                "Measured by the training run after epoch {} on the {}:\n",
-                m.record.epoch, m.split
+                "Measured by the training run after epoch {} on the {}, {}:\n",
+                m.record.epoch,
+                m.split,
+                time_and_machine(m.elapsed_seconds, run)
             );
             let _ = writeln!(s, "| top-1 | top-5 | loss |\n| --- | --- | --- |");
             let _ = writeln!(
@@ -489,6 +557,17 @@ fn model_card(
                     .map(|l| format!("{l:.4}"))
                     .unwrap_or_else(|| "—".into())
             );
+            // A validation hold-out is defined by the run folder, which the repository lacks.
+            if run.and_then(|r| r.data.val).is_none() {
+                let _ = writeln!(
+                    s,
+                    "To measure it again, from this folder: `nin eval --model .{}` (`--data PATH` \
+                     reads a local copy of the dataset instead of downloading it).\n",
+                    run.and_then(|r| r.data.limit_eval)
+                        .map(|n| format!(" --limit-eval {n}"))
+                        .unwrap_or_default()
+                );
+            }
         }
         None => {
             let _ = writeln!(
@@ -550,7 +629,7 @@ fn model_card(
         }
         let _ = writeln!(
             s,
-            "To train it again:\n\n```sh\n{}\n```\n",
+            "To train it again (from this folder, which holds `{RECIPE_FILE}`):\n\n```sh\n{}\n```\n",
             train_command(run)
         );
         let _ = writeln!(s, "The full recipe, as `run.json` records it:\n");

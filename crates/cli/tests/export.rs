@@ -362,3 +362,141 @@ fn import_lists_and_refuses_what_does_not_fit() -> TestResult {
     assert!(!out.exists());
     Ok(())
 }
+
+/// The words of a shell command line, with `'…'` quoting (what the card's commands use).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            _ => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_weights(
+) -> TestResult {
+    let Some(archive) = crate::train::cifar10_archive() else {
+        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+        return Ok(());
+    };
+    let archive = archive.display().to_string();
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let run_str = run.display().to_string();
+    // A user's own recipe file: the card must point at the exported copy, not at a name.
+    let mut recipe = nin_format::Recipe::cpu_fast();
+    recipe.name = "mine".into();
+    recipe.label_smoothing = 0.05;
+    let recipe_path = tmp.path().join("mine.json");
+    std::fs::write(&recipe_path, serde_json::to_vec(&recipe)?)?;
+    let recipe_str = recipe_path.display().to_string();
+    let mut args = crate::train::train_args(&archive, &run_str);
+    args.extend(["--recipe", &recipe_str]);
+    nin_ok(&args)?;
+
+    let repo = tmp.path().join("repo");
+    nin_ok(&["export", &run_str, "--out", &repo.display().to_string()])?;
+    let card = std::fs::read_to_string(repo.join("README.md"))?;
+    for words in [
+        "Measured by the training run after epoch 2 on the cifar10 test split, first 64 images, ",
+        "into the run (training and evaluation), 1 thread on ",
+        "--recipe recipe.json --epochs 2 --batch-size 16",
+        "--seed 7 --threads 1",
+        "from this folder: `nin eval --model . --limit-eval 64`",
+    ] {
+        assert!(card.contains(words), "the card lacks {words:?}:\n{card}");
+    }
+    let exported: nin_format::Recipe =
+        serde_json::from_slice(&std::fs::read(repo.join("recipe.json"))?)?;
+    // As the run trained it: the file with train_args' --epochs and --batch-size applied.
+    recipe.epochs = 2;
+    recipe.batch_size = 16;
+    assert_eq!(exported, recipe);
+
+    // The card's evaluation command, run from the exported folder, gives the card's figure (to
+    // one image of 64: the run evaluated in training-time batches, the command in its own).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args([
+            "eval",
+            "--model",
+            ".",
+            "--limit-eval",
+            "64",
+            "--json",
+            "--data",
+            &archive,
+        ])
+        .current_dir(&repo)
+        .env_remove("NIN_DATA_DIR")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let top1 = report["top1"].as_f64().ok_or("eval --json has no top1")?;
+    let history = nin_format::read_metrics(&run)?;
+    let best = history
+        .iter()
+        .filter_map(|r| r.eval_top1)
+        .fold(f64::MIN, f64::max);
+    assert!(
+        card.contains(&format!("| {best:.2} % |")) && (top1 - best).abs() <= 100.0 / 64.0,
+        "the card's {best:.2} % against nin eval's {top1:.2} %:\n{card}"
+    );
+
+    // The card's command, run from the exported folder, trains the very same weights.
+    let line = card
+        .lines()
+        .find(|l| l.starts_with("nin train "))
+        .ok_or("the card has no `nin train` command")?;
+    let again = tmp.path().join("again");
+    let mut words = shell_words(line);
+    words.remove(0);
+    words.extend([
+        "--data".to_string(),
+        archive.clone(),
+        "--out".to_string(),
+        again.display().to_string(),
+        "--quiet".to_string(),
+    ]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(&words)
+        .current_dir(&repo)
+        .env_remove("NIN_DATA_DIR")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (first, second) = (tensors(&run.join("best")), tensors(&again.join("best")));
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>()
+    );
+    for (k, t) in &first {
+        let diff = (t - &second[k])?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert_eq!(
+            diff, 0.0,
+            "tensor {k} differs between the run and the card's command"
+        );
+    }
+    Ok(())
+}

@@ -103,12 +103,14 @@ fn resume_refuses_flags_that_contradict_the_run() -> TestResult {
     let refused = run(with(&["--epochs", "5", "--lr", "0.5", "--model", "nin_bn"]))?;
     assert_eq!(refused.status.code(), Some(2));
     let err = String::from_utf8_lossy(&refused.stderr);
+    // The run took the default model and recipe.
+    let default_lr = nin_format::Recipe::by_name(nin_format::DEFAULT_RECIPE)?.lr;
     for named in [
-        "--epochs 5 (the run has 1)",
-        "--lr 0.5 (the run has 0.1)",
-        "--model nin_bn (the run has nin)",
+        "--epochs 5 (the run has 1)".to_string(),
+        format!("--lr 0.5 (the run has {default_lr})"),
+        format!("--model nin_bn (the run has {})", nin_zoo::DEFAULT_MODEL),
     ] {
-        assert!(err.contains(named), "{named}: {err}");
+        assert!(err.contains(&named), "{named}: {err}");
     }
     // Flags that agree with run.json are accepted.
     let agreed = run(with(&["--epochs", "1", "--seed", "7", "--threads", "1"]))?;

@@ -74,6 +74,11 @@ pub struct RunConfig {
     /// initialised from its seed. Absent in `run.json` files written before fine-tuning existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFrom>,
+    /// The processor the run was started on (`AMD EPYC`, …, as the operating system names it),
+    /// so that its times can be read against the right machine; absent where unknown and in
+    /// `run.json` files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<String>,
 }
 
 /// Where a fine-tuned run's initial weights came from (`nin train --init-from`).
@@ -149,6 +154,7 @@ mod tests {
             checkpoint_every_steps: None,
             versions: BTreeMap::new(),
             init_from: None,
+            processor: Some("AMD EPYC".into()),
         }
     }
 
@@ -170,5 +176,14 @@ mod tests {
         });
         let text = serde_json::to_string(&tuned).unwrap();
         assert_eq!(serde_json::from_str::<RunConfig>(&text).unwrap(), tuned);
+    }
+
+    #[test]
+    fn run_json_records_the_processor_and_older_files_without_it_still_read() {
+        let mut json = serde_json::to_value(run()).unwrap();
+        assert_eq!(json["processor"], "AMD EPYC");
+        json.as_object_mut().unwrap().remove("processor");
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.processor, None);
     }
 }

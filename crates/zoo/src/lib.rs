@@ -57,9 +57,9 @@ pub use model_spec::{
 };
 pub use pretrained::{
     check_table, find_tag, source_pretrained_dir, tag_sources, tags_of, wildcard_match,
-    HubLocation, PretrainedTag, PRETRAINED, PRETRAINED_DIR_ENV,
+    HubLocation, PretrainedTag, CHECK_IMAGES, PRETRAINED, PRETRAINED_DIR_ENV,
 };
 pub use registry::{
     create_model, find, resolve_args, with_batch_norm, CreatedModel, Family, FamilyOf, ModelEntry,
-    ModelInfo, MODELS,
+    ModelInfo, DEFAULT_MODEL, MODELS,
 };

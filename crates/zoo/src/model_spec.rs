@@ -341,6 +341,7 @@ mod tests {
             dataset: "cifar10",
             top1: 80.0,
             top5: 98.0,
+            check_top1: 81.0,
             recipe: "modern",
             command: "nin train --model nin_bn --recipe modern",
             license: "MIT OR Apache-2.0",

@@ -196,6 +196,7 @@ pub fn run_config(recipe: Recipe, seed: u64, every: Option<usize>) -> RunConfig 
         checkpoint_every_steps: every,
         versions: BTreeMap::new(),
         init_from: None,
+        processor: None,
     }
 }
 

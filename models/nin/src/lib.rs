@@ -98,7 +98,7 @@ impl Config {
     }
 
     /// [`Config::nin_bn`] at half width (mlpconv widths 96-80-48, 96-96-96, 96-96): about a
-    /// quarter of the parameters and multiply-adds, so about three times as many images per
+    /// quarter of the parameters and multiply-adds, so about 2.6 times as many images per
     /// second on a CPU. The zoo's CPU default: in a short budget, more epochs of the smaller
     /// model beat fewer of the full one (docs/results.md).
     pub fn nin_bn_s(num_classes: usize) -> Self {

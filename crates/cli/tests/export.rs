@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::train::{nin, nin_ok, TestResult};
+use crate::train::{nin, nin_ok, nin_ok_in, TestResult};
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
@@ -426,8 +426,9 @@ fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_
 
     // The card's evaluation command, run from the exported folder, gives the card's figure (to
     // one image of 64: the run evaluated in training-time batches, the command in its own).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nin"))
-        .args([
+    let out = nin_ok_in(
+        &repo,
+        &[
             "eval",
             "--model",
             ".",
@@ -436,15 +437,8 @@ fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_
             "--json",
             "--data",
             &archive,
-        ])
-        .current_dir(&repo)
-        .env_remove("NIN_DATA_DIR")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let top1 = report["top1"].as_f64().ok_or("eval --json has no top1")?;
     let history = nin_format::read_metrics(&run)?;
@@ -472,16 +466,7 @@ fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_
         again.display().to_string(),
         "--quiet".to_string(),
     ]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nin"))
-        .args(&words)
-        .current_dir(&repo)
-        .env_remove("NIN_DATA_DIR")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{line}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nin_ok_in(&repo, &words)?;
     let (first, second) = (tensors(&run.join("best")), tensors(&again.join("best")));
     assert_eq!(
         first.keys().collect::<Vec<_>>(),

@@ -18,6 +18,30 @@ pub(crate) fn nin(args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
+/// Runs `nin` in the folder `dir` (as a user runs the commands a model card gives, which name
+/// its files relative to it) and fails the test, with its stderr, unless it succeeds.
+pub(crate) fn nin_ok_in<S: AsRef<std::ffi::OsStr>>(
+    dir: &Path,
+    args: &[S],
+) -> std::io::Result<Output> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nin"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NIN_DATA_DIR")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "nin {} (in {}): {}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
 /// Runs `nin` and fails the test, with its stderr, unless it succeeds.
 pub(crate) fn nin_ok(args: &[&str]) -> std::io::Result<Output> {
     let out = nin(args)?;

@@ -26,7 +26,7 @@ fn tiny_model_files() -> Result<Files, Box<dyn std::error::Error>> {
     let config = serde_json::json!({
         "model": "nin", "num_classes": 10, "model_args": created.args,
         "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-        "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        "label_names": nin_format::CIFAR10_LABELS,
     });
     Ok(vec![
         ("config.json", serde_json::to_vec_pretty(&config)?),

@@ -337,6 +337,10 @@ pub fn parse(
             }
         }
     }
+    // Seed-major order: every model's first seed runs before any second seed, so a sweep that
+    // stops early (a session ends, a time limit hits) still holds one whole comparison. The sort
+    // is stable: within a seed, runs keep the grid's model, dataset and variant order.
+    runs.sort_by_key(|run| grid.seeds.iter().position(|s| *s == run.seed));
     Ok(Plan {
         name: file.name,
         description: file.description,
@@ -600,8 +604,12 @@ recipe = { epochs = 6 }
         assert_eq!(plan.runs.len(), 2 * 2 * 2 * 2);
         let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids[0], "nin_cifar10_s0_lr-low");
-        assert_eq!(ids[1], "nin_cifar10_s1_lr-low");
-        assert_eq!(ids[2], "nin_cifar10_s0_wide");
+        assert_eq!(ids[1], "nin_cifar10_s0_wide");
+        assert_eq!(ids[2], "cic_3d_cifar10_s0_lr-low");
+        assert!(
+            ids[..8].iter().all(|id| id.contains("_s0")) && ids[8] == "nin_cifar10_s1_lr-low",
+            "every run of seed 0 comes before seed 1: {ids:?}"
+        );
         assert_eq!(parse_ok(GOOD)?, plan, "the same plan gives the same runs");
         let first = &plan.runs[0];
         assert_eq!(first.recipe.epochs, 1);
@@ -614,9 +622,9 @@ recipe = { epochs = 6 }
             first.overrides,
             ["augment.flip=true", "epochs=1", "lr=0.01"]
         );
-        assert_eq!(plan.runs[2].recipe.lr, base.lr);
+        assert_eq!(plan.runs[1].recipe.lr, base.lr);
         assert_eq!(
-            plan.runs[2].model_args,
+            plan.runs[1].model_args,
             Some(serde_json::json!({"dropout": 0.3}))
         );
         assert_eq!(first.data.as_deref(), Some(Path::new("sweeps/data")));

@@ -89,6 +89,40 @@ pub static PRETRAINED: &[PretrainedTag] = &[
         hub: None,
         in_repo: true,
     },
+    // The families at an equal CPU budget: seed 0 of `sweeps/cifar10-cpu.toml` (24 and 28 minutes
+    // on two cores of an AMD EPYC; docs/results.md), the last epoch's weights. `top1`/`top5` from
+    // `nin eval --model TAG --data ../shared/data/cifar-10-binary.tar.gz` (9,968 images), equal to
+    // the run's own last evaluation. DrNIN is not shipped: its run of that sweep scored 29.7 %.
+    PretrainedTag {
+        name: "cic_1d.cifar10",
+        model: "cic_1d",
+        dataset: "cifar10",
+        top1: 74.28,
+        top5: 98.35,
+        check_top1: 77.8,
+        recipe: "cpu_fast",
+        command:
+            "nin train --model cic_1d --recipe cpu_fast --epochs 3 --dataset cifar10 --seed 0 \
+              --threads 2",
+        license: "MIT OR Apache-2.0",
+        hub: None,
+        in_repo: true,
+    },
+    PretrainedTag {
+        name: "dcnin_s.cifar10",
+        model: "dcnin_s",
+        dataset: "cifar10",
+        top1: 83.62,
+        top5: 99.23,
+        check_top1: 85.1,
+        recipe: "cpu_fast",
+        command:
+            "nin train --model dcnin_s --recipe cpu_fast --epochs 4 --dataset cifar10 --seed 0 \
+              --threads 2",
+        license: "MIT OR Apache-2.0",
+        hub: None,
+        in_repo: true,
+    },
 ];
 
 /// The folder of this source checkout holding the repository's pretrained model directories,

@@ -26,8 +26,9 @@ struct PlanFile {
     recipe: Option<toml::Table>,
     #[serde(default)]
     variants: Vec<VariantFile>,
-    /// Recipe changes for one preset only (`[per_model.drnin_l3] recipe = { epochs = 4 }`): an
-    /// equal-minutes comparison gives a costlier family fewer epochs.
+    /// Changes for one preset only (`[per_model.drnin_l3] recipe = { epochs = 4 }`): an
+    /// equal-minutes comparison gives a costlier family fewer epochs, and a family the plan's
+    /// recipe does not suit its own architecture knobs (`model_args = { dropout = 0.0 }`).
     #[serde(default)]
     per_model: BTreeMap<String, PerModelFile>,
     #[serde(default)]
@@ -60,7 +61,9 @@ struct VariantFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PerModelFile {
+    #[serde(default)]
     recipe: toml::Table,
+    model_args: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +315,13 @@ pub fn parse(
                 };
                 let (recipe, overrides) =
                     apply_overrides(&variant_base, &overrides_table, &key_prefix)?;
+                let model_args = merged_model_args(
+                    file.per_model
+                        .get(model)
+                        .and_then(|p| p.model_args.as_ref()),
+                    model_args.as_ref(),
+                    model,
+                )?;
                 for seed in &grid.seeds {
                     let mut id = format!("{model}_{dataset}_s{seed}");
                     if let Some(v) = variant {
@@ -421,6 +431,28 @@ fn merge(
         }
     }
     Ok(())
+}
+
+/// A run's `--model-args`: the preset's own (`per_model.<model>.model_args`), then the variant's
+/// keys over them, so a variant that changes one knob keeps the preset's others.
+fn merged_model_args(
+    per_model: Option<&toml::Table>,
+    variant: Option<&serde_json::Value>,
+    model: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(per_model) = per_model else {
+        return Ok(variant.cloned());
+    };
+    let mut merged = match serde_json::to_value(per_model)
+        .with_context(|| format!("per_model.{model}.model_args"))?
+    {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a TOML table serialises to a JSON object"),
+    };
+    if let Some(serde_json::Value::Object(variant)) = variant {
+        merged.extend(variant.clone());
+    }
+    Ok(Some(serde_json::Value::Object(merged)))
 }
 
 fn resources(r: &ResourcesFile) -> anyhow::Result<Resources> {
@@ -582,12 +614,33 @@ epochs = 4
 lr = 0.05
 [per_model.cic_3d]
 recipe = { epochs = 6 }
+model_args = { dropout = 0.0 }
 "#,
         )?;
         let (nin, cic) = (&plan.runs[0], &plan.runs[1]);
         assert_eq!((nin.model.as_str(), nin.recipe.epochs), ("nin", 4));
+        assert_eq!(nin.model_args, None);
+        assert_eq!(cic.model_args, Some(serde_json::json!({"dropout": 0.0})));
         assert_eq!((cic.model.as_str(), cic.recipe.epochs), ("cic_3d", 6));
         assert_eq!(cic.recipe.lr, 0.05, "the plan's other changes still apply");
+        let with_variant = parse_ok(
+            r#"
+name = "t"
+[grid]
+models = ["cic_3d"]
+datasets = ["cifar10"]
+[[variants]]
+id = "wide"
+model_args = { dropout = 0.3, widths = [192, 192, 192] }
+[per_model.cic_3d]
+model_args = { dropout = 0.0, bn = true }
+"#,
+        )?;
+        assert_eq!(
+            with_variant.runs[0].model_args,
+            Some(serde_json::json!({"dropout": 0.3, "bn": true, "widths": [192, 192, 192]})),
+            "a variant's knobs go over the preset's, the preset's others stay"
+        );
         let unknown = error_of(
             "name = \"t\"\n[grid]\nmodels = [\"nin\"]\ndatasets = [\"cifar10\"]\n[per_model.cic_3d]\nrecipe = { epochs = 6 }\n",
         );

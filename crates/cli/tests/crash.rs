@@ -8,6 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::train::cifar10_archive;
 use candle_core::Device;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -47,22 +48,6 @@ const KILL_POINTS: [&str; 22] = [
 /// Where a fresh run is sent SIGTERM (`NIN_TEST_KILL_AT=<stage>:<n>:term`): inside the first
 /// checkpoints, inside an epoch's end, and between a commit and its pruning.
 const TERM_POINTS: [&str; 3] = ["state-written:2", "best-written:1", "committed:6"];
-
-/// The real CIFAR-10 archive; absent on a developer's machine is a skip, in CI a failure.
-fn cifar10_archive() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
-    let archive = root.join("shared/data/cifar-10-binary.tar.gz");
-    if archive.is_file() {
-        return Some(archive);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must have {}",
-        archive.display()
-    );
-    eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
-    None
-}
 
 /// A scratch folder, in memory where the machine has one (the test writes about 200
 /// checkpoints; what it checks does not depend on the disk).

@@ -173,7 +173,6 @@ fn explain_names_a_bad_label_a_missing_image_and_an_unreadable_file() -> TestRes
 #[test]
 fn a_grid_sheet_and_the_eval_charts_decode_at_their_layout_sizes() -> TestResult {
     let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;

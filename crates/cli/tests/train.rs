@@ -60,6 +60,11 @@ pub(crate) fn cifar10_archive() -> Option<PathBuf> {
     nin_testkit::shared_data_file("cifar-10-binary.tar.gz")
 }
 
+/// [`cifar10_archive`] as a `--data` argument.
+pub(crate) fn cifar10_archive_arg() -> Option<String> {
+    cifar10_archive().map(|p| p.display().to_string())
+}
+
 pub(crate) const SMALL_NIN: &str =
     r#"{"mlpconv1":[32,32,32],"mlpconv2":[32,32,32],"mlpconv3":[32,32]}"#;
 
@@ -103,11 +108,9 @@ fn global_step(dir: &Path) -> Option<u64> {
 
 #[test]
 fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let straight = tmp.path().join("straight");
     let killed = tmp.path().join("killed");
@@ -278,11 +281,9 @@ fn list_shows_every_preset_with_its_size() -> TestResult {
 
 #[test]
 fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let run = tmp.path().join("run");
     let run_str = run.display().to_string();
@@ -363,11 +364,9 @@ fn a_whitened_run_carries_its_transform_to_eval_and_predict() -> TestResult {
 
 #[test]
 fn a_whitened_stem_recipe_starts_the_first_layer_from_the_patches() -> TestResult {
-    let Some(archive) = cifar10_archive() else {
-        eprintln!("skipping: ../shared/data/cifar-10-binary.tar.gz is absent");
+    let Some(archive) = cifar10_archive_arg() else {
         return Ok(());
     };
-    let archive = archive.display().to_string();
     let tmp = tempfile::tempdir()?;
     let mut recipe = serde_json::to_value(nin_format::Recipe::cpu_fast())?;
     recipe["stem_init"] =

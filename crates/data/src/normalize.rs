@@ -93,13 +93,20 @@ impl Normalize {
         lut
     }
 
-    /// Normalises CHW images (any number of whole images).
+    /// Normalises 32×32 CHW images (any number of whole images).
     pub fn apply(&self, pixels: &[u8]) -> Vec<f32> {
+        self.apply_planes(pixels, 1024)
+    }
+
+    /// Normalises CHW images whose channel planes hold `plane` pixels each (`h·w`), any number
+    /// of whole images.
+    pub fn apply_planes(&self, pixels: &[u8], plane: usize) -> Vec<f32> {
         let lut = self.lut();
+        let plane = plane.max(1);
         pixels
             .iter()
             .enumerate()
-            .map(|(i, &p)| lut[(i / 1024) % 3][p as usize])
+            .map(|(i, &p)| lut[(i / plane) % 3][p as usize])
             .collect()
     }
 }

@@ -131,17 +131,7 @@ impl Classifier {
         }
         let n = pixels.len() / per_image;
         let inputs = match &self.preprocess {
-            Preprocess::Normalize(norm) => {
-                let plane = h * w;
-                pixels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &p)| {
-                        let c = i / plane % 3;
-                        (f32::from(p) / 255.0 - norm.mean[c]) / norm.std[c]
-                    })
-                    .collect()
-            }
+            Preprocess::Normalize(norm) => norm.apply_planes(pixels, h * w),
             Preprocess::GcnZca(zca) => zca.apply_images(pixels)?,
         };
         Ok(Tensor::from_vec(inputs, (n, 3, h, w), &Device::Cpu)?.to_device(&self.device)?)

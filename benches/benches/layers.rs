@@ -1,9 +1,12 @@
 //! Criterion benchmarks of the layers a NIN training step spends its time in: every convolution
 //! shape of NIN at batch 32, forward and forward + backward, through our GEMM-based op and
-//! through candle's own `conv2d`; both pooling layers; and one whole training step.
-//! Run at the thread count you compare with: `RAYON_NUM_THREADS=2 cargo bench -p nin-benches
-//! --bench layers`. The numbers behind `docs/performance.md` come from `nin bench`, this suite
-//! says which layer moved.
+//! through candle's own `conv2d`; CiC's channel-window layers, banded against the dense
+//! convolution of their gathered weight; both pooling layers; and one whole training step.
+//! Run at the thread count you compare with, and with the allocator settings `nin` sets for
+//! itself (`crates/cli/src/alloc.rs`; without them the large layers time glibc returning and
+//! refaulting memory): `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+//! RAYON_NUM_THREADS=2 cargo bench -p nin-benches --bench layers`. The numbers behind
+//! `docs/performance.md` come from `nin bench`; this suite says which layer moved.
 #![allow(clippy::unwrap_used)]
 #![forbid(unsafe_code)]
 
@@ -12,7 +15,8 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nin_format::LrMultipliers;
-use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind};
+use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind, WeightInit};
+use nin_model_cic::{ChannelWindowConfig, ChannelWindowConv};
 use nin_train::optim::{named_vars, trainable_params};
 use nin_train::{Optimizer, Sgd};
 
@@ -84,6 +88,60 @@ fn convolutions(c: &mut Criterion) {
     group.finish();
 }
 
+/// (name, C_in, C_out, k, padding, side) of CiC's channel-window layers (window 48): the 1×1
+/// layers of `cic_1d`, and the k×k ones `cic_3d` adds.
+const CIC_WINDOW_CONVS: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("mlp1a_1x1_192-160_32", 192, 160, 1, 0, 32),
+    ("mlp1b_1x1_160-96_32", 160, 96, 1, 0, 32),
+    ("conv2_5x5_96-192_16", 96, 192, 5, 2, 16),
+    ("mlp2_1x1_192-192_16", 192, 192, 1, 0, 16),
+    ("conv3_3x3_192-192_8", 192, 192, 3, 1, 8),
+];
+
+fn window_convolutions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("window_conv");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    for &(name, in_channels, out_channels, kernel, padding, side) in CIC_WINDOW_CONVS {
+        let cfg = ChannelWindowConfig {
+            in_channels,
+            out_channels,
+            window: 48,
+            kernel,
+            stride: 1,
+            padding,
+        };
+        // The layer's own multiply-accumulates, so that banded and dense compare per useful MAC.
+        group.throughput(Throughput::Elements(BATCH as u64 * cfg.macs(side, side)));
+        let varmap = candle_nn::VarMap::new();
+        let vb = nin_layers::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let layer = ChannelWindowConv::new(cfg, WeightInit::KaimingNormal, vb).unwrap();
+        let x = Var::from_tensor(&randn(&[BATCH, in_channels, side, side])).unwrap();
+        let opts = ConvOptions {
+            stride: 1,
+            padding,
+            relu: true,
+        };
+        let banded = || layer.forward_relu(&x).unwrap();
+        let dense =
+            || conv2d(&x, &layer.dense_weight().unwrap(), Some(layer.bias()), opts).unwrap();
+        group.bench_function(BenchmarkId::new("forward/banded", name), |bench| {
+            bench.iter(banded)
+        });
+        group.bench_function(BenchmarkId::new("forward/dense", name), |bench| {
+            bench.iter(dense)
+        });
+        group.bench_function(BenchmarkId::new("train/banded", name), |bench| {
+            bench.iter(|| banded().sum_all().unwrap().backward().unwrap())
+        });
+        group.bench_function(BenchmarkId::new("train/dense", name), |bench| {
+            bench.iter(|| dense().sum_all().unwrap().backward().unwrap())
+        });
+    }
+    group.finish();
+}
+
 fn pooling(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool");
     group
@@ -142,5 +200,11 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, convolutions, pooling, train_step);
+criterion_group!(
+    benches,
+    convolutions,
+    window_convolutions,
+    pooling,
+    train_step
+);
 criterion_main!(benches);

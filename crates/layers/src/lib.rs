@@ -44,7 +44,10 @@ pub mod weights;
 
 pub use activation::Activation;
 pub use batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
-pub use conv::{conv2d, Conv2d, ConvOptions, ConvSpec};
+pub use conv::{
+    conv2d, conv2d_banded, ChannelBand, ChannelBands, Conv2d, ConvOptions, ConvSpec,
+    WINDOW_BAND_HEIGHT,
+};
 pub use conv_bn::{BnActConv, ConvBn};
 pub use dropout::Dropout;
 pub use elu::elu;

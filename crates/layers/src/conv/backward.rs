@@ -4,13 +4,15 @@
 
 use std::mem::MaybeUninit;
 
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{inner_parallelism, matmul};
 use super::geometry::{col2im, im2col, Geom};
-use super::ConvOptions;
+use super::{ChannelBands, ConvOptions};
 use crate::cpu::{dispatch_float, lane_sum, slice, written_by};
 
 /// `grad` where the ReLU output is positive, else 0.
@@ -87,12 +89,12 @@ impl CustomOp2 for ReluMask {
 }
 
 /// The backward GEMMs: `Weight` on (input, dY) gives `[dW…, db…]` flat; `Input` on (dY, weight)
-/// gives dX with the stored input shape.
+/// gives dX with the stored input shape. Each with the forward's channel bands (`None`: dense).
 pub(super) enum GradOp {
     /// With the kernel side.
-    Weight(ConvOptions, usize),
+    Weight(ConvOptions, usize, Option<Arc<ChannelBands>>),
     /// With the shape of the input.
-    Input(ConvOptions, Shape),
+    Input(ConvOptions, Shape, Option<Arc<ChannelBands>>),
 }
 
 impl CustomOp2 for GradOp {
@@ -112,8 +114,8 @@ impl CustomOp2 for GradOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
         // The geometry, and the shape of dY against it, are checked before any kernel runs.
-        let (g, out_shape) = match self {
-            GradOp::Weight(opts, k) => {
+        let (g, out_shape, bands) = match self {
+            GradOp::Weight(opts, k, bands) => {
                 // s1 = input [N, C_in, H, W], s2 = dY [N, C_out, OH, OW].
                 let (x_dims, dy_dims) = (l1.dims(), l2.dims());
                 let (&[_, c_in, _, _], &[_, c_out, _, _]) = (x_dims, dy_dims) else {
@@ -121,29 +123,32 @@ impl CustomOp2 for GradOp {
                 };
                 let g = Geom::new(x_dims, &[c_out, c_in, *k, *k], *opts)?;
                 g.expect_output(dy_dims, op)?;
-                (g, Shape::from(c_out * g.ckk() + c_out))
+                (g, Shape::from(c_out * g.ckk() + c_out), bands)
             }
-            GradOp::Input(opts, x_shape) => {
+            GradOp::Input(opts, x_shape, bands) => {
                 // s1 = dY [N, C_out, OH, OW], s2 = weight [C_out, C_in, k, k].
                 let g = Geom::new(x_shape.dims(), l2.dims(), *opts)?;
                 g.expect_output(l1.dims(), op)?;
-                (g, x_shape.clone())
+                (g, x_shape.clone(), bands)
             }
         };
+        let dense = ChannelBands::dense(g.c_in, g.c_out);
+        let bands = bands.as_deref().unwrap_or(&dense);
+        g.expect_bands(bands)?;
         let storage = dispatch_float!(s1.dtype(), op, |T| {
             let (a, b) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?);
             T::to_cpu_storage_owned(match self {
-                GradOp::Weight(..) => weight_grad(&g, a, b),
-                GradOp::Input(..) => input_grad(&g, a, b),
+                GradOp::Weight(..) => weight_grad(&g, bands, a, b),
+                GradOp::Input(..) => input_grad(&g, bands, a, b),
             })
         });
         Ok((storage, out_shape))
     }
 }
 
-/// `[dW (c_out·ckk), db (c_out)]` summed over the batch.
-fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
-    let (ckk, ohw, c_out) = (g.ckk(), g.ohw(), g.c_out);
+/// `[dW (c_out·ckk), db (c_out)]` summed over the batch; `dW` is zero outside `bands`.
+fn weight_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, x: &[T], dy: &[T]) -> Vec<T> {
+    let (ckk, ohw, c_out, kk) = (g.ckk(), g.ohw(), g.c_out, g.k * g.k);
     debug_assert_eq!((x.len(), dy.len()), (g.n * g.in_len(), g.n * g.out_len()));
     let threads = rayon::current_num_threads().max(1);
     let per_chunk = g.n.div_ceil(threads).max(1);
@@ -156,7 +161,9 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
             let mut acc = vec![T::zero(); c_out * ckk + c_out];
             let (dw, db) = acc.split_at_mut(c_out * ckk);
             // gemm runs fastest on this product (both operands contiguous along the contracted
-            // axis) when it writes dW column-major; it is transposed into place at the end.
+            // axis) when it writes dW column-major; it is transposed into place at the end. (A
+            // block's dWᵀ written straight into dW, which keeps gemm off its narrowest kernels
+            // for short blocks, measured no faster: its packing costs as much.)
             let mut dw_t = vec![T::zero(); ckk * c_out];
             let (mut col, mut dyg) = (Vec::new(), Vec::new());
             let images = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.n);
@@ -187,20 +194,28 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                 let (lhs, lhs_rs, rhs, rhs_ld): (&[T], usize, &[T], usize) =
                     (&dyg[..], ld, &col[..], ld);
                 debug_assert_eq!((lhs.len(), rhs.len()), (c_out * ld, ckk * ld));
-                debug_assert_eq!(dw_t.len(), ckk * c_out);
-                // SAFETY: dw_t is c_out×ckk column-major; lhs is c_out×cols (row stride
-                // lhs_rs); rhs is the transpose of a ckk×cols matrix with row stride rhs_ld;
-                // buffers are distinct.
-                unsafe {
-                    matmul(
-                        (c_out, ckk, cols),
-                        (dw_t.as_mut_ptr(), 1, c_out),
-                        !first,
-                        (lhs.as_ptr(), lhs_rs, 1),
-                        (rhs.as_ptr(), 1, rhs_ld),
-                        par,
-                    )
-                };
+                for band in bands.by_output() {
+                    let (rows, taps) = (band.out.len(), band.inp.len() * kk);
+                    let (first_row, first_tap) = (band.out.start, band.inp.start * kk);
+                    // SAFETY: dw_t is c_out×ckk column-major; lhs is c_out×cols (row stride
+                    // lhs_rs); rhs is the transpose of a ckk×cols matrix with row stride
+                    // rhs_ld; buffers are distinct. The block's rows and taps lie within them
+                    // (`ChannelBands` keeps `out` within c_out and `inp` within c_in).
+                    unsafe {
+                        matmul(
+                            (rows, taps, cols),
+                            (
+                                dw_t.as_mut_ptr().add(first_tap * c_out + first_row),
+                                1,
+                                c_out,
+                            ),
+                            !first,
+                            (lhs.as_ptr().add(first_row * lhs_rs), lhs_rs, 1),
+                            (rhs.as_ptr().add(first_tap * rhs_ld), 1, rhs_ld),
+                            par,
+                        )
+                    };
+                }
                 first = false;
                 for (co, d) in db.iter_mut().enumerate() {
                     *d += lane_sum(&lhs[co * lhs_rs..co * lhs_rs + cols]);
@@ -222,13 +237,15 @@ fn weight_grad<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     total
 }
 
-/// `dX[n] = col2im(Wᵀ · dY[n])` for every image, flat `[N, C_in, H, W]`.
+/// `dX[n] = col2im(Wᵀ · dY[n])` for every image, flat `[N, C_in, H, W]`, one GEMM per input
+/// block of `bands`: its rows of `Wᵀ · dY[n]` from the output channels that read it (the weight
+/// is zero elsewhere), so each row is written once.
 ///
 /// # Panics
 /// When a slice's length disagrees with `g` (a bug: the op checks the shapes first), rather than
 /// leave part of the output unwritten.
-fn input_grad<T: WithDType>(g: &Geom, dy: &[T], wt: &[T]) -> Vec<T> {
-    let (ckk, ohw) = (g.ckk(), g.ohw());
+fn input_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, dy: &[T], wt: &[T]) -> Vec<T> {
+    let (ckk, ohw, kk) = (g.ckk(), g.ohw(), g.k * g.k);
     assert_eq!(
         dy.len(),
         g.n * g.out_len(),
@@ -254,19 +271,32 @@ fn input_grad<T: WithDType>(g: &Geom, dy: &[T], wt: &[T]) -> Vec<T> {
                 } else {
                     col.as_mut_ptr()
                 };
-                // SAFETY: dst is ckk×ohw (dxi itself when pointwise, overwritten without being
-                // read); wt viewed as its transpose (ckk×c_out, row stride 1, column stride ckk);
-                // gi is c_out×ohw.
-                unsafe {
-                    matmul(
-                        (ckk, ohw, g.c_out),
-                        (dst, ohw, 1),
-                        false,
-                        (wt.as_ptr(), 1, ckk),
-                        (gi.as_ptr(), ohw, 1),
-                        par,
-                    )
-                };
+                for band in bands.by_input() {
+                    let (taps, first_tap) = (band.inp.len() * kk, band.inp.start * kk);
+                    let (rows, first_row) = (band.out.len(), band.out.start);
+                    // SAFETY: dst is ckk×ohw (dxi itself when pointwise); the input blocks tile
+                    // its rows, so each block's rows are written here once, without being read
+                    // (`accumulate` false), or zero-filled when no output reads them. wt viewed
+                    // as its transpose (ckk×c_out, row stride 1, column stride ckk); gi is
+                    // c_out×ohw. The block's rows and taps lie within them (`ChannelBands`
+                    // keeps `out` within c_out and `inp` within c_in).
+                    unsafe {
+                        let dst = dst.add(first_tap * ohw);
+                        if rows == 0 {
+                            // All-zero bytes are 0 in every float type the op dispatches on.
+                            std::ptr::write_bytes(dst, 0, taps * ohw);
+                            continue;
+                        }
+                        matmul(
+                            (taps, ohw, rows),
+                            (dst, ohw, 1),
+                            false,
+                            (wt.as_ptr().add(first_row * ckk + first_tap), 1, ckk),
+                            (gi.as_ptr().add(first_row * ohw), ohw, 1),
+                            par,
+                        )
+                    };
+                }
                 if !direct {
                     col2im(g, col, dxi);
                 }

@@ -1,5 +1,6 @@
-//! The forward kernel: per image, one GEMM of the weight with the image's im2col matrix, then
-//! bias and ReLU in one pass while the output is in cache.
+//! The forward kernel: per image, one GEMM of the weight with the image's im2col matrix (one per
+//! channel band: a band's output rows from its input channels' im2col rows), then bias and ReLU
+//! in one pass while the output is in cache.
 
 use std::mem::MaybeUninit;
 
@@ -8,21 +9,24 @@ use rayon::prelude::*;
 
 use super::gemm::{inner_parallelism, matmul};
 use super::geometry::{im2col, Geom};
+use super::ChannelBands;
 use crate::cpu::{assume_init, written_by};
 
-/// `relu?(W · col(X[n]) + b)` for every image `n` of `x`, flat `[N, C_out, OH, OW]`.
+/// `relu?(W · col(X[n]) + b)` for every image `n` of `x`, flat `[N, C_out, OH, OW]`, with `W`
+/// read only inside `bands` (checked against `g` by the caller).
 ///
 /// # Panics
 /// When a slice's length disagrees with `g`: the op builds `g` from the very layouts the slices
 /// come from, so this is a bug, and a panic rather than a partly written output.
 pub(super) fn forward<T: WithDType>(
     g: &Geom,
+    bands: &ChannelBands,
     x: &[T],
     wt: &[T],
     bias: Option<&[T]>,
     relu: bool,
 ) -> Vec<T> {
-    let (ckk, ohw) = (g.ckk(), g.ohw());
+    let (ckk, ohw, kk) = (g.ckk(), g.ohw(), g.k * g.k);
     assert_eq!(x.len(), g.n * g.in_len(), "conv2d: input length");
     assert_eq!(wt.len(), g.c_out * ckk, "conv2d: weight length");
     assert!(
@@ -46,19 +50,25 @@ pub(super) fn forward<T: WithDType>(
                     col
                 };
                 debug_assert_eq!(rhs.len(), ckk * ohw);
-                // SAFETY: y is c_out×ohw, wt c_out×ckk, rhs ckk×ohw, all row-major and distinct;
-                // the GEMM overwrites y without reading it.
-                unsafe {
-                    matmul(
-                        (g.c_out, ohw, ckk),
-                        (y.as_mut_ptr().cast::<T>(), ohw, 1),
-                        false,
-                        (wt.as_ptr(), ckk, 1),
-                        (rhs.as_ptr(), ohw, 1),
-                        par,
-                    )
-                };
-                // SAFETY: the GEMM has written all of y.
+                for band in bands.by_output() {
+                    let (rows, inner) = (band.out.len(), band.inp.len() * kk);
+                    let first_tap = band.inp.start * kk;
+                    // SAFETY: y is c_out×ohw, wt c_out×ckk, rhs ckk×ohw, all row-major and
+                    // distinct; the band's rows `out` and taps `first_tap..+inner` lie within
+                    // them (`ChannelBands` keeps `out` within c_out and `inp` within c_in). The
+                    // GEMM overwrites the band's rows of y without reading them.
+                    unsafe {
+                        matmul(
+                            (rows, ohw, inner),
+                            (y.as_mut_ptr().cast::<T>().add(band.out.start * ohw), ohw, 1),
+                            false,
+                            (wt.as_ptr().add(band.out.start * ckk + first_tap), ckk, 1),
+                            (rhs.as_ptr().add(first_tap * ohw), ohw, 1),
+                            par,
+                        )
+                    };
+                }
+                // SAFETY: the bands' rows tile 0..c_out, so the GEMMs have written all of y.
                 let y = unsafe { assume_init(y) };
                 // Bias and ReLU in one pass over the image's output while it is in cache, rather
                 // than filling the output with the bias for the GEMM to accumulate onto.

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::WithDType;
 
-use super::ConvOptions;
+use super::{ChannelBands, ConvOptions};
 use crate::cpu::assume_init;
 
 /// Shapes of one convolution, consistent with each other (see [`Geom::new`]).
@@ -72,6 +72,19 @@ impl Geom {
         let want = [self.n, self.c_out, self.oh, self.ow];
         if dims != want {
             candle_core::bail!("{op}: expected an output gradient {want:?}, got {dims:?}");
+        }
+        Ok(())
+    }
+
+    /// Errors unless `bands` were made for this convolution's channels.
+    pub(super) fn expect_bands(&self, bands: &ChannelBands) -> candle_core::Result<()> {
+        let (c_in, c_out) = (bands.in_channels(), bands.out_channels());
+        if (c_in, c_out) != (self.c_in, self.c_out) {
+            candle_core::bail!(
+                "conv2d: channel bands for {c_in} → {c_out} channels, the convolution is {} → {}",
+                self.c_in,
+                self.c_out
+            );
         }
         Ok(())
     }

@@ -31,6 +31,7 @@
 //! its [`ConvSpec`], where parameters and multiply-accumulates are counted.
 
 mod backward;
+mod bands;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod forward;
@@ -40,6 +41,8 @@ mod layer;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
@@ -48,6 +51,7 @@ use self::forward::forward;
 use self::geometry::Geom;
 use crate::cpu::{dispatch_float, slice};
 
+pub use self::bands::{ChannelBand, ChannelBands, WINDOW_BAND_HEIGHT};
 pub use self::layer::{Conv2d, ConvSpec};
 
 /// Stride, padding and fused activation of a [`conv2d`] call.
@@ -70,9 +74,39 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     opts: ConvOptions,
 ) -> candle_core::Result<Tensor> {
+    conv2d_with_bands(xs, weight, bias, opts, None)
+}
+
+/// [`conv2d`] for a weight that is zero outside `bands` (CiC's channel windows gathered into a
+/// dense weight): on the CPU each block of channels is one GEMM over the channels it pairs with,
+/// so the cost follows the bands' [`ChannelBands::channel_pairs`] rather than `C_in·C_out`,
+/// forward and backward, and the weight gradient is zero outside the output blocks. Other
+/// devices run the dense convolution. A weight that is not zero outside the bands gives results
+/// that depend on the device and disagree between forward and backward: the caller keeps it
+/// zero there (CiC's gather does by construction).
+pub fn conv2d_banded(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: ConvOptions,
+    bands: Arc<ChannelBands>,
+) -> candle_core::Result<Tensor> {
+    conv2d_with_bands(xs, weight, bias, opts, Some(bands))
+}
+
+fn conv2d_with_bands(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: ConvOptions,
+    bands: Option<Arc<ChannelBands>>,
+) -> candle_core::Result<Tensor> {
     let g = Geom::new(xs.dims(), weight.dims(), opts)?;
     if let Some(b) = bias {
         g.expect_bias(b.dims())?;
+    }
+    if let Some(bands) = &bands {
+        g.expect_bands(bands)?;
     }
     let float_operands = matches!(xs.dtype(), DType::F32 | DType::F64)
         && weight.dtype() == xs.dtype()
@@ -88,7 +122,9 @@ pub fn conv2d(
         }
         return if opts.relu { ys.relu() } else { Ok(ys) };
     }
-    let op = ConvOp { opts };
+    // A dense band list is the plain convolution; dropping it keeps one code path for both.
+    let bands = bands.filter(|b| !b.is_dense());
+    let op = ConvOp { opts, bands };
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op),
@@ -97,9 +133,11 @@ pub fn conv2d(
 }
 
 /// The forward op on (input, weight[, bias]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ConvOp {
     opts: ConvOptions,
+    /// `None`: dense.
+    bands: Option<Arc<ChannelBands>>,
 }
 
 impl ConvOp {
@@ -115,10 +153,13 @@ impl ConvOp {
         if let Some((_, l)) = bias {
             g.expect_bias(l.dims())?;
         }
+        let dense = ChannelBands::dense(g.c_in, g.c_out);
+        let bands = self.bands.as_deref().unwrap_or(&dense);
+        g.expect_bands(bands)?;
         let storage = dispatch_float!(s1.dtype(), op, |T| {
             let b = bias.map(|(s, l)| slice::<T>(s, l, op)).transpose()?;
             let (x, wt) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
-            T::to_cpu_storage_owned(forward::<T>(&g, x, wt, b, self.opts.relu))
+            T::to_cpu_storage_owned(forward::<T>(&g, bands, x, wt, b, self.opts.relu))
         });
         Ok((storage, Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
@@ -140,12 +181,14 @@ impl ConvOp {
         let (c_out, ckk) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
         let (mut dw, mut db) = (None, None);
         if w.track_op() || b.is_some_and(Tensor::track_op) {
-            let both = x.apply_op2_no_bwd(&dy, &GradOp::Weight(self.opts, w.dim(2)?))?;
+            let op = GradOp::Weight(self.opts, w.dim(2)?, self.bands.clone());
+            let both = x.apply_op2_no_bwd(&dy, &op)?;
             dw = Some(both.narrow(0, 0, c_out * ckk)?.reshape(w.shape())?);
             db = b.map(|_| both.narrow(0, c_out * ckk, c_out)).transpose()?;
         }
         let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &GradOp::Input(self.opts, x.shape().clone()))?)
+            let op = GradOp::Input(self.opts, x.shape().clone(), self.bands.clone());
+            Some(dy.apply_op2_no_bwd(w, &op)?)
         } else {
             None
         };

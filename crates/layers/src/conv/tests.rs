@@ -229,7 +229,7 @@ fn shapes_the_kernels_cannot_take_are_errors() {
     assert!(conv2d(&x, &w, None, no_stride).is_err());
     // The output is [2, 5, 2, 2]; a gradient of another shape is refused.
     let bad_grad = tensor(&[2, 5, 3, 2], 5, DType::F32);
-    let input_grad = GradOp::Input(opts, x.shape().clone());
+    let input_grad = GradOp::Input(opts, x.shape().clone(), None);
     let err = bad_grad
         .apply_op2_no_bwd(&w, &input_grad)
         .unwrap_err()
@@ -239,7 +239,7 @@ fn shapes_the_kernels_cannot_take_are_errors() {
         "{err}"
     );
     let err = x
-        .apply_op2_no_bwd(&bad_grad, &GradOp::Weight(opts, 3))
+        .apply_op2_no_bwd(&bad_grad, &GradOp::Weight(opts, 3, None))
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected an output gradient"), "{err}");
@@ -249,4 +249,84 @@ fn shapes_the_kernels_cannot_take_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("differ in shape"), "{err}");
+}
+
+/// A banded convolution equals the dense one of its weight with everything outside the windows
+/// zeroed: forward, input and bias gradients as dense, the weight gradient as dense inside the
+/// output blocks and zero outside them. Blocks of two channels over windows of three overlap, and
+/// one input channel is in no window, so the input gradient's zero fill is exercised too.
+#[test]
+fn banded_matches_the_dense_convolution_of_the_masked_weight() {
+    let (c_in, c_out, window) = (7, 6, 3);
+    // Input channel 6 is in no window: its gradient rows are zero-filled, not computed.
+    let starts = [0, 1, 2, 2, 3, 3];
+    let bands = Arc::new(ChannelBands::from_windows(c_in, &starts, window, 2).unwrap());
+    assert_eq!(bands.channel_pairs(), 2 * 4 + 2 * 3 + 2 * 3);
+    for (k, stride, padding) in [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)] {
+        for relu in [false, true] {
+            let xd = [3, c_in, 6, 5];
+            let x = Var::from_tensor(&tensor(&xd, 7, DType::F64)).unwrap();
+            let mut wv = values(c_out * c_in * k * k, 8);
+            for (o, &s) in starts.iter().enumerate() {
+                for i in (0..c_in).filter(|i| !(s..s + window).contains(i)) {
+                    wv[(o * c_in + i) * k * k..][..k * k].fill(0.0);
+                }
+            }
+            let w = Tensor::from_vec(wv, (c_out, c_in, k, k), &Device::Cpu).unwrap();
+            let w = Var::from_tensor(&w).unwrap();
+            let b = Var::from_tensor(&tensor(&[c_out], 9, DType::F64)).unwrap();
+            let opts = ConvOptions {
+                stride,
+                padding,
+                relu,
+            };
+            let banded = conv2d_banded(&x, &w, Some(&b), opts, bands.clone()).unwrap();
+            let dense = conv2d(&x, &w, Some(&b), opts).unwrap();
+            let case = format!("k {k} stride {stride} relu {relu}");
+            assert!(max_abs_diff(&banded, &dense) < 1e-12, "{case}: forward");
+            let r = tensor(dense.dims(), 10, DType::F64);
+            let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gb, gd) = (grads(&banded), grads(&dense));
+            for (name, v) in [("x", &x), ("b", &b)] {
+                let diff = max_abs_diff(gb.get(v).unwrap(), gd.get(v).unwrap());
+                assert!(diff < 1e-12, "{case}: d{name} differs by {diff}");
+            }
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let (dwb, dwd) = (flat(gb.get(&w).unwrap()), flat(gd.get(&w).unwrap()));
+            for band in bands.by_output() {
+                for o in band.out.clone() {
+                    for i in 0..c_in {
+                        for t in 0..k * k {
+                            let at = (o * c_in + i) * k * k + t;
+                            let want = if band.inp.contains(&i) { dwd[at] } else { 0.0 };
+                            assert!(
+                                (dwb[at] - want).abs() < 1e-12,
+                                "{case}: dW[{o}, {i}, tap {t}] is {}, expected {want}",
+                                dwb[at]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bands_for_other_channels_are_refused() {
+    let x = tensor(&[1, 4, 3, 3], 1, DType::F32);
+    let w = tensor(&[2, 4, 1, 1], 2, DType::F32);
+    let bands = Arc::new(ChannelBands::dense(5, 2));
+    let opts = ConvOptions {
+        stride: 1,
+        padding: 0,
+        relu: false,
+    };
+    let err = conv2d_banded(&x, &w, None, opts, bands)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("channel bands for 5 → 2 channels, the convolution is 4 → 2"),
+        "{err}"
+    );
 }

@@ -37,7 +37,7 @@ pub struct Row {
     pub seed: u64,
     /// Variant id.
     pub variant: String,
-    /// Recipe keys the plan changed, `;`-separated.
+    /// Recipe keys the plan changed, then its `model_args`, `;`-separated.
     pub overrides: String,
     /// Trainable parameters.
     pub params: Option<u64>,
@@ -129,7 +129,7 @@ pub fn rows(dir: &Path, manifest: &Manifest) -> Vec<Row> {
                 dataset: spec.dataset.clone(),
                 seed: spec.seed,
                 variant: spec.variant.clone().unwrap_or_default(),
-                overrides: spec.overrides.join(";"),
+                overrides: overrides_with_model_args(spec),
                 params,
                 macs,
                 best_top1: state_file.as_ref().and_then(|s| s.best_eval_top1),
@@ -206,6 +206,16 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// The recipe keys the plan changed, then its `model_args` as `model_args.<key>=<value>`, so a
+/// reader of the table sees every way a run differs from its preset and recipe.
+fn overrides_with_model_args(spec: &super::plan::RunSpec) -> String {
+    let mut all = spec.overrides.clone();
+    if let Some(serde_json::Value::Object(args)) = &spec.model_args {
+        all.extend(args.iter().map(|(k, v)| format!("model_args.{k}={v}")));
+    }
+    all.join(";")
 }
 
 /// The header of `results.csv`.
@@ -393,5 +403,21 @@ mod tests {
         assert_eq!(csv_field("a, b"), "\"a, b\"");
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("say, \"x\""), "\"say, \"\"x\"\"\"");
+    }
+
+    #[test]
+    fn the_overrides_column_names_model_args_too() -> anyhow::Result<()> {
+        let plan = super::super::plan::parse(
+            "name = \"t\"\n[grid]\nmodels = [\"drnin_l3\"]\ndatasets = [\"cifar10\"]\n\
+             [recipe]\nepochs = 2\n[per_model.drnin_l3]\nmodel_args = { dropout = 0.0 }\n",
+            Path::new("sweeps/t.toml"),
+            None,
+            None,
+        )?;
+        assert_eq!(
+            overrides_with_model_args(&plan.runs[0]),
+            "epochs=2;model_args.dropout=0.0"
+        );
+        Ok(())
     }
 }

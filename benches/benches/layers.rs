@@ -13,7 +13,10 @@
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use nin_format::LrMultipliers;
 use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind, WeightInit};
 use nin_model_cic::{ChannelWindowConfig, ChannelWindowConv};
@@ -37,6 +40,26 @@ const NIN_CONVS: &[(&str, usize, usize, usize, usize, usize)] = &[
 /// Standard normal values from a fixed seed, so that every run times the same numbers.
 fn randn(dims: &[usize]) -> Tensor {
     nin_layers::seeded_randn(dims, 0).unwrap()
+}
+
+/// Times each variant of one layer as `forward/<label>` (the closure) and `train/<label>` (it,
+/// then the backward of its output's sum), all forwards first.
+fn forward_and_train(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    layer: &str,
+    variants: &[(&str, &dyn Fn() -> Tensor)],
+) {
+    for (label, run) in variants {
+        group.bench_function(
+            BenchmarkId::new(format!("forward/{label}"), layer),
+            |bench| bench.iter(run),
+        );
+    }
+    for (label, run) in variants {
+        group.bench_function(BenchmarkId::new(format!("train/{label}"), layer), |bench| {
+            bench.iter(|| run().sum_all().unwrap().backward().unwrap())
+        });
+    }
 }
 
 fn convolutions(c: &mut Criterion) {
@@ -72,18 +95,7 @@ fn convolutions(c: &mut Criterion) {
                 .relu()
                 .unwrap()
         };
-        group.bench_function(BenchmarkId::new("forward/ours", name), |bench| {
-            bench.iter(ours)
-        });
-        group.bench_function(BenchmarkId::new("forward/candle", name), |bench| {
-            bench.iter(candle)
-        });
-        group.bench_function(BenchmarkId::new("train/ours", name), |bench| {
-            bench.iter(|| ours().sum_all().unwrap().backward().unwrap())
-        });
-        group.bench_function(BenchmarkId::new("train/candle", name), |bench| {
-            bench.iter(|| candle().sum_all().unwrap().backward().unwrap())
-        });
+        forward_and_train(&mut group, name, &[("ours", &ours), ("candle", &candle)]);
     }
     group.finish();
 }
@@ -126,18 +138,7 @@ fn window_convolutions(c: &mut Criterion) {
         let banded = || layer.forward_relu(&x).unwrap();
         let dense =
             || conv2d(&x, &layer.dense_weight().unwrap(), Some(layer.bias()), opts).unwrap();
-        group.bench_function(BenchmarkId::new("forward/banded", name), |bench| {
-            bench.iter(banded)
-        });
-        group.bench_function(BenchmarkId::new("forward/dense", name), |bench| {
-            bench.iter(dense)
-        });
-        group.bench_function(BenchmarkId::new("train/banded", name), |bench| {
-            bench.iter(|| banded().sum_all().unwrap().backward().unwrap())
-        });
-        group.bench_function(BenchmarkId::new("train/dense", name), |bench| {
-            bench.iter(|| dense().sum_all().unwrap().backward().unwrap())
-        });
+        forward_and_train(&mut group, name, &[("banded", &banded), ("dense", &dense)]);
     }
     group.finish();
 }

@@ -382,6 +382,9 @@ where
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(err)?;
+    // One name per model: the seeds of a model end close together, and their names would print
+    // over each other.
+    let mut named = std::collections::BTreeSet::new();
     for r in rows {
         let colour = colour_of(families, &r.family);
         let pts: Vec<(f64, f64)> = r.curve.iter().map(|&c| (axis.x(c), c.2)).collect();
@@ -391,7 +394,10 @@ where
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(err)?;
-        if let Some(&last) = pts.last() {
+        if let Some(&last) = pts
+            .last()
+            .filter(|_| named.insert(r.trained_model.as_str()))
+        {
             chart
                 .draw_series(std::iter::once(
                     EmptyElement::at(last)

@@ -123,6 +123,22 @@ pub static PRETRAINED: &[PretrainedTag] = &[
         hub: None,
         in_repo: true,
     },
+    // NIN exactly as its authors built it (no batch norm), 3 epochs of `cpu_quick`: 18.6 minutes
+    // on two cores of an AMD EPYC, 2026-12-02; the paper's architecture, not its accuracy (its
+    // 89.6 % takes the `paper` recipe's 300 epochs). `top1`/`top5` as above.
+    PretrainedTag {
+        name: "nin.cifar10",
+        model: "nin",
+        dataset: "cifar10",
+        top1: 56.33,
+        top5: 95.20,
+        check_top1: 58.3,
+        recipe: "cpu_quick",
+        command: "nin train --model nin --recipe cpu_quick --dataset cifar10 --seed 0 --threads 2",
+        license: "MIT OR Apache-2.0",
+        hub: None,
+        in_repo: true,
+    },
     PretrainedTag {
         name: "drnin_l3.cifar10",
         model: "drnin_l3",

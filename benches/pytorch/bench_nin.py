@@ -174,9 +174,37 @@ def bench_one(name, mode, batch, args):
                               else peak_rss_mib()))
 
 
+GEMM_SIDE = 2048
+
+
+def bench_gemm(args):
+    """The f32 GEMM ceiling: a 2048³ `torch.mm` (MKL on the CPU), as `nin bench --bench gemm`."""
+    reset_peak_rss()
+    device = torch.device(args.device)
+    n = GEMM_SIDE
+    a = (torch.rand(n, n) * 4 - 2).to(device)
+    b = a.t().contiguous()
+    for _ in range(args.warmup):
+        torch.mm(a, b)[0, 0].item()
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        torch.mm(a, b)[0, 0].item()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    return dict(model="gemm", mode="gemm", batch_size=n, samples_per_sec=1 / median,
+                step_time_ms=median * 1e3, step_time_min_ms=times[0] * 1e3, param_count=0,
+                gmacs=n ** 3 / 1e9, achieved_gflops=2 * n ** 3 / median / 1e9,
+                peak_rss_mib=(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                              else peak_rss_mib()))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bench", choices=["infer", "train", "both"], default="both")
+    p.add_argument("--bench", choices=["infer", "train", "both", "gemm"], default="both",
+                   help="gemm: the f32 GEMM ceiling (2048³ torch.mm); --model and --batch-size "
+                        "do not apply")
     p.add_argument("--model", default="nin")
     p.add_argument("--batch-size", default="32,128")
     p.add_argument("--num-classes", type=int, default=10)
@@ -201,6 +229,9 @@ def main():
     threads = torch.get_num_threads()
     versions = f"torch {torch.__version__}"
     modes = ["infer", "train"] if args.bench == "both" else [args.bench]
+    configs = ([("gemm", "gemm", GEMM_SIDE)] if args.bench == "gemm" else
+               [(name, mode, int(batch)) for name in args.model.split(",") for mode in modes
+                for batch in args.batch_size.split(",")])
     out = None
     if args.csv:
         new = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
@@ -209,19 +240,17 @@ def main():
             out.write(HEADER + "\n")
     print(f"{'model':<10} {'mode':<6} {'batch':>5} {'images/s':>10} {'median ms':>10} "
           f"{'GFLOP/s':>9} {'peak MiB':>9}  ({threads} threads, {args.device}, {versions})")
-    for name in args.model.split(","):
-        for mode in modes:
-            for batch in [int(b) for b in args.batch_size.split(",")]:
-                r = bench_one(name, mode, batch, args)
-                print(f"{name:<10} {mode:<6} {batch:>5} {r['samples_per_sec']:>10.1f} "
-                      f"{r['step_time_ms']:>10.2f} {r['achieved_gflops']:>9.1f} "
-                      f"{r['peak_rss_mib']:>9.0f}", flush=True)
-                if out:
-                    out.write(f"pytorch,{name},{mode},{batch},{r['samples_per_sec']:.2f},"
-                              f"{r['step_time_ms']:.3f},{r['step_time_min_ms']:.3f},"
-                              f"{r['param_count']},{r['gmacs']:.4f},{r['achieved_gflops']:.1f},"
-                              f"{r['peak_rss_mib']:.1f},{threads},{args.device},{versions}\n")
-                    out.flush()
+    for name, mode, batch in configs:
+        r = bench_gemm(args) if mode == "gemm" else bench_one(name, mode, batch, args)
+        print(f"{name:<10} {mode:<6} {batch:>5} {r['samples_per_sec']:>10.1f} "
+              f"{r['step_time_ms']:>10.2f} {r['achieved_gflops']:>9.1f} "
+              f"{r['peak_rss_mib']:>9.0f}", flush=True)
+        if out:
+            out.write(f"pytorch,{name},{mode},{batch},{r['samples_per_sec']:.2f},"
+                      f"{r['step_time_ms']:.3f},{r['step_time_min_ms']:.3f},"
+                      f"{r['param_count']},{r['gmacs']:.4f},{r['achieved_gflops']:.1f},"
+                      f"{r['peak_rss_mib']:.1f},{threads},{args.device},{versions}\n")
+            out.flush()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,15 @@ pub enum BenchMode {
     Train,
     /// Both, inference first.
     Both,
+    /// The f32 GEMM ceiling: a 2048×2048 by 2048×2048 product through candle's `matmul` (the
+    /// `gemm` crate our convolutions call), so a step's GFLOP/s can be read as a share of the
+    /// machine's peak measured in the same run. `--model` and `--batch-size` do not apply.
+    Gemm,
 }
+
+/// The side of the square matrices `--bench gemm` multiplies (PyTorch's `bench_nin.py` uses the
+/// same): large enough that packing and threading costs vanish next to the arithmetic.
+const GEMM_SIDE: usize = 2048;
 
 /// Arguments of `nin bench`.
 #[derive(Debug, Args)]
@@ -104,6 +112,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Infer => &["infer"],
         BenchMode::Train => &["train"],
         BenchMode::Both => &["infer", "train"],
+        BenchMode::Gemm => &["gemm"],
     };
     let versions = format!(
         "nin-zoo {} candle {CANDLE_VERSION}",
@@ -117,40 +126,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => Some(open_csv(path)?),
         None => None,
     };
-    for model in &args.models {
-        for &mode in modes {
-            for &batch_size in &args.batch_sizes {
-                let row = bench_one(&args, model, mode, batch_size, &device)
-                    .with_context(|| format!("{model} {mode} batch {batch_size}"))?;
-                println!(
-                    "{:<10} {:<6} {:>5} {:>10.1} {:>10.2} {:>9.1} {:>9.0}",
-                    row.model,
-                    row.mode,
-                    row.batch_size,
-                    row.samples_per_sec,
-                    row.step_ms,
-                    row.achieved_gflops,
-                    row.peak_rss_mib
-                );
-                if let Some((path, file)) = &mut csv {
-                    writeln!(
-                        file,
-                        "candle,{},{},{},{:.2},{:.3},{:.3},{},{:.4},{:.1},{:.1},{threads},{},{versions}",
-                        row.model,
-                        row.mode,
-                        row.batch_size,
-                        row.samples_per_sec,
-                        row.step_ms,
-                        row.step_min_ms,
-                        row.param_count,
-                        row.gmacs,
-                        row.achieved_gflops,
-                        row.peak_rss_mib,
-                        args.device,
-                    )
-                    .with_context(|| format!("writing {}", path.display()))?;
-                }
-            }
+    // (model, mode, batch size) in the order they run.
+    let configs: Vec<(&str, &'static str, usize)> = match args.mode {
+        BenchMode::Gemm => vec![("gemm", "gemm", GEMM_SIDE)],
+        _ => {
+            let sizes = &args.batch_sizes;
+            args.models
+                .iter()
+                .flat_map(|model| {
+                    modes.iter().flat_map(move |&mode| {
+                        sizes.iter().map(move |&size| (model.as_str(), mode, size))
+                    })
+                })
+                .collect()
+        }
+    };
+    for (model, mode, batch_size) in configs {
+        let row = if mode == "gemm" {
+            bench_gemm(&args, &device).context("the GEMM ceiling")?
+        } else {
+            bench_one(&args, model, mode, batch_size, &device)
+                .with_context(|| format!("{model} {mode} batch {batch_size}"))?
+        };
+        println!(
+            "{:<10} {:<6} {:>5} {:>10.1} {:>10.2} {:>9.1} {:>9.0}",
+            row.model,
+            row.mode,
+            row.batch_size,
+            row.samples_per_sec,
+            row.step_ms,
+            row.achieved_gflops,
+            row.peak_rss_mib
+        );
+        if let Some((path, file)) = &mut csv {
+            writeln!(
+                file,
+                "candle,{},{},{},{:.2},{:.3},{:.3},{},{:.4},{:.1},{:.1},{threads},{},{versions}",
+                row.model,
+                row.mode,
+                row.batch_size,
+                row.samples_per_sec,
+                row.step_ms,
+                row.step_min_ms,
+                row.param_count,
+                row.gmacs,
+                row.achieved_gflops,
+                row.peak_rss_mib,
+                args.device,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())
@@ -243,6 +267,49 @@ fn bench_one(
         param_count: created.info.param_count,
         gmacs: macs / 1e9,
         achieved_gflops: 2.0 * macs * passes * samples_per_sec / 1e9,
+        peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
+
+/// `--bench gemm`: the median time of a [`GEMM_SIDE`]³ f32 product, after `--warmup` untimed
+/// ones. In the row, `samples_per_sec` is products per second and `gmacs` one product's
+/// multiply-accumulates.
+fn bench_gemm(args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
+    reset_peak_rss();
+    let n = GEMM_SIDE;
+    let images = (n * n).div_ceil(3 * 32 * 32);
+    let a = input_batch(images, device)?
+        .flatten_all()?
+        .narrow(0, 0, n * n)?;
+    let a = a.reshape((n, n))?;
+    let b = a.t()?.contiguous()?;
+    let product = || -> anyhow::Result<()> {
+        // Reading one value back waits for a GPU to finish, as in the other benchmarks.
+        a.matmul(&b)?.get(0)?.get(0)?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    for _ in 0..args.warmup {
+        product()?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let start = Instant::now();
+        product()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let macs = (n * n * n) as f64;
+    Ok(Row {
+        model: "gemm".into(),
+        mode: "gemm",
+        batch_size: n,
+        samples_per_sec: 1.0 / median,
+        step_ms: median * 1e3,
+        step_min_ms: times[0] * 1e3,
+        param_count: 0,
+        gmacs: macs / 1e9,
+        achieved_gflops: 2.0 * macs / median / 1e9,
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
     })
 }

@@ -62,6 +62,44 @@ fn writes_one_csv_row_per_configuration_and_appends() -> TestResult {
 }
 
 #[test]
+fn gemm_mode_writes_the_ceiling_row_whatever_the_models_asked() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("bench.csv");
+    let csv_arg = csv.display().to_string();
+    let out = nin(&[
+        "bench",
+        "--bench",
+        "gemm",
+        "--model",
+        "nin,nin_bn",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+        "--csv",
+        &csv_arg,
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let fields: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(&fields[..4], ["candle", "gemm", "gemm", "2048"], "{text}");
+    // 2048³ multiply-accumulates, and GFLOP/s consistent with the step time.
+    assert_eq!(fields[8], "8.5899", "{text}");
+    let (ms, gflops): (f64, f64) = (fields[5].parse()?, fields[9].parse()?);
+    let expected = 2.0 * 2048f64.powi(3) / (ms * 1e-3) / 1e9;
+    assert!((gflops - expected).abs() <= 0.1 + 1e-3 * expected, "{text}");
+    Ok(())
+}
+
+#[test]
 fn refuses_zero_iterations_and_unknown_models() -> TestResult {
     let out = nin(&["bench", "--iters", "0"])?;
     assert_eq!(out.status.code(), Some(2));

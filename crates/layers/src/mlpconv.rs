@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use crate::activation::Activation;
 use crate::batch_norm::{batch_norm_2d, BatchNorm2d, BN_MOMENTUM};
 use crate::conv::{Conv2d, ConvSpec};
+use crate::conv_bn::conv_bn_act;
 use crate::error::{Error, Result};
 use crate::init::WeightInit;
 
@@ -192,10 +193,9 @@ impl ModuleT for MlpConv {
                 xs = conv.forward_relu(&xs)?;
                 continue;
             }
-            xs = conv.forward(&xs)?;
             xs = match self.norms.get(i) {
-                Some(norm) => norm.forward_activated(&xs, train, self.activations[i])?,
-                None => self.activations[i].apply(&xs)?,
+                Some(norm) => conv_bn_act(conv, norm, &xs, train, self.activations[i])?,
+                None => self.activations[i].apply(&conv.forward(&xs)?)?,
             };
         }
         Ok(xs)

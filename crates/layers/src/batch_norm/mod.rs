@@ -92,6 +92,26 @@ impl BatchNorm2d {
         self.forward_impl(xs, train, activation)
     }
 
+    /// `(scale, shift)` per channel such that evaluation mode computes `x·scale + shift`:
+    /// `scale = γ/√(running σ² + ε)`, `shift = β − running μ·scale`, as differentiable tensor
+    /// ops in γ and β (so that a caller folding them into a convolution still trains them). The
+    /// running statistics are buffers, not parameters: detached, they record no autograd graph
+    /// (which would keep a whole forward pass's activations alive in inference).
+    pub(crate) fn eval_affine(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let inv_std = self
+            .running_var
+            .as_tensor()
+            .detach()
+            .affine(1.0, BN_EPS)?
+            .sqrt()?
+            .recip()?;
+        let scale = self.weight.mul(&inv_std)?;
+        let shift = self
+            .bias
+            .sub(&self.running_mean.as_tensor().detach().mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
     /// The running mean, a buffer updated by every training-mode forward pass.
     pub fn running_mean(&self) -> &Tensor {
         self.running_mean.as_tensor()

@@ -123,12 +123,41 @@ impl Conv2d {
     }
 
     fn apply(&self, xs: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+        self.apply_with(xs, &self.weight, self.bias.as_ref(), relu)
+    }
+
+    /// This convolution's geometry with another weight and bias of the same shapes (batch norm
+    /// folded into them, `conv_bn`).
+    pub(crate) fn apply_with(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
         let opts = ConvOptions {
             stride: self.stride,
             padding: self.padding,
             relu,
         };
-        conv2d(xs, &self.weight, self.bias.as_ref(), opts)
+        conv2d(xs, weight, bias, opts)
+    }
+
+    /// The weight, `[C_out, C_in, k, k]`.
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, `[C_out]`, if the convolution has one.
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Output positions per image (`OH·OW`) for an input of `h`×`w`.
+    pub(crate) fn output_positions(&self, h: usize, w: usize) -> usize {
+        let k = self.weight.dims().get(2).copied().unwrap_or(1);
+        let side = |s: usize| (s + 2 * self.padding).saturating_sub(k) / self.stride + 1;
+        side(h) * side(w)
     }
 }
 

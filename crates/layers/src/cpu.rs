@@ -20,10 +20,35 @@ pub(crate) fn slice<'a, T: WithDType>(
     }
 }
 
+/// Runs `kernel` compiled for the widest vectors the processor has, chosen at run time:
+/// AVX-512 (x86-64-v4), AVX2 with FMA (v3), or the baseline the binary was built for (SSE2 on
+/// x86-64). A release build targets the baseline so that one binary runs everywhere, which
+/// leaves loops that rustc vectorises at 4 f32 lanes; inside `kernel` they run at 8 or 16.
+/// `kernel` is inlined into the dispatched clone, so call this around a whole inner loop (a
+/// plane, a chunk), not per value. The same `pulp` dispatch as the `gemm` crate's kernels.
+#[inline(always)]
+pub(crate) fn with_simd<R>(kernel: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(kernel)
+}
+
 /// `(Σ f(a, b, c).0, Σ f(a, b, c).1)` over the triples of `a`, `b` and `c` (pass a slice again
 /// for an operand `f` ignores), over sixteen independent accumulators: one running sum is a chain
 /// of dependent adds that does not vectorise.
 pub(crate) fn lane_sums<T: WithDType>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(T, T, T) -> (T, T),
+) -> (T, T) {
+    with_simd(
+        #[inline(always)]
+        move || lane_sums_here(a, b, c, f),
+    )
+}
+
+/// [`lane_sums`] compiled for whatever the caller's target features are.
+#[inline(always)]
+fn lane_sums_here<T: WithDType>(
     a: &[T],
     b: &[T],
     c: &[T],

@@ -10,7 +10,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::cpu::{dispatch_float, slice, KernelFloat};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{dispatch_float, slice, with_simd, written_by, KernelFloat};
 
 /// Values per rayon task: enough to amortise the task, few enough to split a small map.
 const CHUNK: usize = 1 << 14;
@@ -38,17 +40,25 @@ impl CustomOp1 for Elu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: KernelFloat>(x: &[T], alpha: f64) -> Vec<T> {
             let (alpha, one, zero) = (T::from_f64(alpha), T::one(), T::zero());
-            let mut out = vec![zero; x.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .for_each(|(ys, xs)| {
-                    for (y, &x) in ys.iter_mut().zip(xs) {
-                        // Both sides computed, then a select: the loop vectorises.
-                        let negative = alpha * (x.exp_v() - one);
-                        *y = if x > zero { x } else { negative };
-                    }
-                });
-            out
+            // Writes every value: the output and `x` have one length and one chunking.
+            let written = |out: &mut [MaybeUninit<T>]| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(ys, xs)| {
+                        with_simd(
+                            #[inline(always)]
+                            move || {
+                                for (y, &x) in ys.iter_mut().zip(xs) {
+                                    // Both sides computed, then a select: the loop vectorises.
+                                    let negative = alpha * (x.exp_v() - one);
+                                    y.write(if x > zero { x } else { negative });
+                                }
+                            },
+                        )
+                    });
+            };
+            // SAFETY: `written` writes all `x.len()` values, as said where it is defined.
+            unsafe { written_by(x.len(), written) }
         }
         let storage = dispatch_float!(s.dtype(), self.name(), |T| {
             T::to_cpu_storage_owned(run::<T>(slice(s, l, self.name())?, self.alpha))
@@ -112,20 +122,37 @@ impl CustomOp3 for EluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: WithDType>(dy: &[T], x: &[T], y: &[T], alpha: f64) -> Vec<T> {
             let (alpha, zero) = (T::from_f64(alpha), T::zero());
-            let mut out = vec![zero; dy.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(
-                    dy.par_chunks(CHUNK)
-                        .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))),
-                )
-                .for_each(|(dxs, (dys, (xs, ys)))| {
-                    for (((dx, &dy), &x), &y) in dxs.iter_mut().zip(dys).zip(xs).zip(ys) {
-                        *dx = if x > zero { dy } else { dy * (y + alpha) };
-                    }
-                });
-            out
+            assert!(
+                x.len() == dy.len() && y.len() == dy.len(),
+                "elu grad: operand lengths"
+            );
+            // Writes every value: the output and the three operands have one length (asserted
+            // above) and one chunking.
+            let written = |out: &mut [MaybeUninit<T>]| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(
+                        dy.par_chunks(CHUNK)
+                            .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))),
+                    )
+                    .for_each(|(dxs, (dys, (xs, ys)))| {
+                        with_simd(
+                            #[inline(always)]
+                            move || {
+                                let values = dxs.iter_mut().zip(dys).zip(xs).zip(ys);
+                                for (((dx, &dy), &x), &y) in values {
+                                    dx.write(if x > zero { dy } else { dy * (y + alpha) });
+                                }
+                            },
+                        )
+                    });
+            };
+            // SAFETY: `written` writes all `dy.len()` values, as said where it is defined.
+            unsafe { written_by(dy.len(), written) }
         }
-        let op = self.name();
+        let (op, n) = (self.name(), l1.shape().elem_count());
+        if l2.shape().elem_count() != n || l3.shape().elem_count() != n {
+            candle_core::bail!("{op}: dy, x and y differ in size");
+        }
         let storage = dispatch_float!(s1.dtype(), op, |T| {
             let (dy, x, y) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
             T::to_cpu_storage_owned(run::<T>(dy, x, y, self.alpha))

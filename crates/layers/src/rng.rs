@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{Device, Shape, Tensor};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -76,12 +76,24 @@ impl DropoutRng {
         // Compare raw 32-bit draws against an integer threshold: exact, and much faster than
         // drawing floats for the millions of cells of a NIN feature map.
         let threshold = (p * (u32::MAX as f64 + 1.0)).min(u32::MAX as f64) as u64;
-        for cell in out.iter_mut() {
-            *cell = if (rng.next_u32() as u64) < threshold {
-                0.0
-            } else {
-                scale
-            };
+        // The draws a block at a time (the same stream as one `next_u32` per cell), then the
+        // comparisons as one loop that vectorises.
+        let mut draws = [0u32; 1024];
+        for cells in out.chunks_mut(draws.len()) {
+            let draws = &mut draws[..cells.len()];
+            rng.fill(draws);
+            crate::cpu::with_simd(
+                #[inline(always)]
+                move || {
+                    for (cell, &draw) in cells.iter_mut().zip(draws.iter()) {
+                        *cell = if u64::from(draw) < threshold {
+                            0.0
+                        } else {
+                            scale
+                        };
+                    }
+                },
+            );
         }
     }
 }
@@ -89,12 +101,30 @@ impl DropoutRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::RngCore;
 
     #[test]
     fn derived_seeds_differ_per_stream_and_repeat() {
         assert_eq!(derive_seed(7, 1), derive_seed(7, 1));
         assert_ne!(derive_seed(7, 1), derive_seed(7, 2));
         assert_ne!(derive_seed(7, 1), derive_seed(8, 1));
+    }
+
+    #[test]
+    fn keep_masks_follow_one_draw_per_cell_across_blocks() {
+        // The masks a training run draws (and so its reproducibility from a seed) are those of
+        // one 32-bit draw per cell, in order, whatever block size the kernel fills at a time;
+        // 2500 cells span partial blocks, and a second call continues the stream.
+        let rng = DropoutRng::new(5);
+        let mut masks = vec![0.0; 2500];
+        rng.fill_keep_mask(0.3, 1.5, &mut masks[..1700]);
+        rng.fill_keep_mask(0.3, 1.5, &mut masks[1700..]);
+        let mut reference = seeded_rng(5);
+        let threshold = (0.3 * (u32::MAX as f64 + 1.0)) as u64;
+        for (i, &m) in masks.iter().enumerate() {
+            let dropped = u64::from(reference.next_u32()) < threshold;
+            assert_eq!(m, if dropped { 0.0 } else { 1.5 }, "cell {i}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::cpu::{dispatch_float, lane_sum, lane_sums, slice, KernelFloat};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{dispatch_float, lane_sum, lane_sums, slice, with_simd, written_by, KernelFloat};
 
 /// `(N, C, H·W)` of a contiguous `[N, C, H, W]` layout.
 fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -43,7 +45,7 @@ impl CustomOp1 for ChannelMoments {
                     let m = T::from_f64(mean);
                     let sq: f64 = channel(x, d, c)
                         .map(|p| {
-                            lane_sums(p, p, p, |v, _, _| ((v - m) * (v - m), zero))
+                            lane_sums(p, p, p, move |v, _, _| ((v - m) * (v - m), zero))
                                 .0
                                 .to_f64()
                         })
@@ -109,14 +111,20 @@ const MIN_SPLIT: usize = 1 << 12;
 /// `ys = act(xs·scale + shift)` over one plane; `act` is a closure so that each activation gets
 /// its own vectorised loop.
 fn normalise_plane<T: KernelFloat>(
-    ys: &mut [T],
+    ys: &mut [MaybeUninit<T>],
     xs: &[T],
     (scale, shift): (T, T),
-    act: impl Fn(T) -> T,
+    act: impl Fn(T) -> T + Copy,
 ) {
-    for (y, &x) in ys.iter_mut().zip(xs) {
-        *y = act(x * scale + shift);
-    }
+    debug_assert_eq!(ys.len(), xs.len());
+    with_simd(
+        #[inline(always)]
+        move || {
+            for (y, &x) in ys.iter_mut().zip(xs) {
+                y.write(act(x * scale + shift));
+            }
+        },
+    )
 }
 
 impl CustomOp3 for NormOp {
@@ -142,34 +150,38 @@ impl CustomOp3 for NormOp {
         ) -> Vec<T> {
             let (affine, act) = (op.affine::<T>(&to_f64(gamma), &to_f64(beta)), op.act);
             let (zero, one) = (T::zero(), T::one());
-            let mut out = vec![zero; x.len()];
-            out.par_chunks_mut(d.2)
-                .zip(x.par_chunks(d.2))
-                .with_min_len(MIN_SPLIT.div_ceil(d.2))
-                .enumerate()
-                .for_each(|(plane, (y, x))| {
-                    let ab = affine[plane % d.1];
-                    match act {
-                        Activation::Identity => normalise_plane(y, x, ab, |v| v),
-                        // `v < 0` leaves NaN in place, as PyTorch's ReLU does.
-                        Activation::Relu => {
-                            normalise_plane(y, x, ab, |v| if v < zero { zero } else { v })
+            // Writes every value: the output and `x` split into the same planes, and each
+            // plane is written whole by `normalise_plane`.
+            let written = |out: &mut [MaybeUninit<T>]| {
+                out.par_chunks_mut(d.2)
+                    .zip(x.par_chunks(d.2))
+                    .with_min_len(MIN_SPLIT.div_ceil(d.2))
+                    .enumerate()
+                    .for_each(|(plane, (y, x))| {
+                        let ab = affine[plane % d.1];
+                        match act {
+                            Activation::Identity => normalise_plane(y, x, ab, move |v| v),
+                            // `v < 0` leaves NaN in place, as PyTorch's ReLU does.
+                            Activation::Relu => {
+                                normalise_plane(y, x, ab, move |v| if v < zero { zero } else { v })
+                            }
+                            Activation::Elu { alpha } => {
+                                let alpha = T::from_f64(alpha);
+                                normalise_plane(y, x, ab, move |v| {
+                                    // Both sides, then a select: the loop vectorises.
+                                    let negative = alpha * (v.exp_v() - one);
+                                    if v > zero {
+                                        v
+                                    } else {
+                                        negative
+                                    }
+                                })
+                            }
                         }
-                        Activation::Elu { alpha } => {
-                            let alpha = T::from_f64(alpha);
-                            normalise_plane(y, x, ab, |v| {
-                                // Both sides, then a select: the loop vectorises.
-                                let negative = alpha * (v.exp_v() - one);
-                                if v > zero {
-                                    v
-                                } else {
-                                    negative
-                                }
-                            })
-                        }
-                    }
-                });
-            out
+                    });
+            };
+            // SAFETY: `written` writes all `x.len()` values, as said where it is defined.
+            unsafe { written_by(x.len(), written) }
         }
         let d = dims(l1)?;
         let op = self.name();
@@ -224,7 +236,7 @@ fn norm_grad<T: KernelFloat>(
     grad: &NormGradOp,
     (x, dy, y): (&[T], &[T], &[T]),
     d: (usize, usize, usize),
-    live: impl Fn((T, T), T, T, T) -> T + Sync,
+    live: impl Fn((T, T), T, T, T) -> T + Copy + Sync,
 ) -> Vec<T> {
     let (op, gamma) = (grad.op, &grad.gamma);
     let affine = op.affine::<T>(&grad.gamma, &grad.beta);
@@ -239,7 +251,7 @@ fn norm_grad<T: KernelFloat>(
                 .zip(channel(dy, d, c))
                 .zip(channel(y, d, c))
             {
-                let (s, p) = lane_sums(xs, dys, ys, |x, dy, y| {
+                let (s, p) = lane_sums(xs, dys, ys, move |x, dy, y| {
                     let g = live(ab, x, dy, y);
                     (g, g * (x - mean))
                 });
@@ -249,11 +261,15 @@ fn norm_grad<T: KernelFloat>(
             (sum, dot * op.inv_std[c])
         })
         .collect();
-    let mut out = vec![T::zero(); x.len() + 2 * d.1];
-    let (dx, dgb) = out.split_at_mut(x.len());
+    assert!(
+        dy.len() == x.len() && y.len() == x.len(),
+        "batch norm grad: operand lengths"
+    );
+    let mut out = Vec::with_capacity(x.len() + 2 * d.1);
+    let (dx, dgb) = out.spare_capacity_mut()[..x.len() + 2 * d.1].split_at_mut(x.len());
     for (c, &(sum, dot)) in sums.iter().enumerate() {
-        dgb[c] = T::from_f64(dot);
-        dgb[d.1 + c] = T::from_f64(sum);
+        dgb[c].write(T::from_f64(dot));
+        dgb[d.1 + c].write(T::from_f64(sum));
     }
     // dx = k·(g − mean(g) − x̂·mean(g·x̂)), k = γ/σ, as `k·g + b·x + c0` per channel so the loop
     // over values is fused multiply-adds; with running statistics the mean terms drop out.
@@ -278,10 +294,18 @@ fn norm_grad<T: KernelFloat>(
         .enumerate()
         .for_each(|(plane, (dx, (xs, (dys, ys))))| {
             let (ab, (k, b, c0)) = (affine[plane % d.1], coefficients[plane % d.1]);
-            for (((dx, &x), &dy), &y) in dx.iter_mut().zip(xs).zip(dys).zip(ys) {
-                *dx = k * live(ab, x, dy, y) + b * x + c0;
-            }
+            with_simd(
+                #[inline(always)]
+                move || {
+                    for (((dx, &x), &dy), &y) in dx.iter_mut().zip(xs).zip(dys).zip(ys) {
+                        dx.write(k * live(ab, x, dy, y) + b * x + c0);
+                    }
+                },
+            )
         });
+    // SAFETY: dx's planes are those of x, dy and y (asserted to be as long), each written
+    // whole above, and dgb's 2·C values were written before: all x.len() + 2·C are initialised.
+    unsafe { out.set_len(x.len() + 2 * d.1) };
     out
 }
 
@@ -307,7 +331,7 @@ impl CustomOp3 for NormGradOp<'_> {
             let zero = T::zero();
             // Values loaded on both sides, then a select: the loops vectorise.
             match grad.op.act {
-                Activation::Identity => norm_grad(grad, operands, d, |_, _, dy, _| dy),
+                Activation::Identity => norm_grad(grad, operands, d, move |_, _, dy, _| dy),
                 // The gradient passes where the output is positive (PyTorch's rule), the sign
                 // recomputed exactly as the forward computed it.
                 Activation::Relu => {
@@ -315,7 +339,7 @@ impl CustomOp3 for NormGradOp<'_> {
                         grad,
                         operands,
                         d,
-                        |(s, h), x, dy, _| {
+                        move |(s, h), x, dy, _| {
                             if x * s + h > zero {
                                 dy
                             } else {

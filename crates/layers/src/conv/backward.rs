@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::gemm::{inner_parallelism, matmul};
 use super::geometry::{col2im, im2col, Geom};
 use super::{ChannelBands, ConvOptions};
-use crate::cpu::{dispatch_float, lane_sum, slice, written_by};
+use crate::cpu::{dispatch_float, lane_sum, slice, with_simd, written_by};
 
 /// `grad` where the ReLU output is positive, else 0.
 pub(super) struct ReluMask;
@@ -39,9 +39,14 @@ impl CustomOp2 for ReluMask {
                     .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
                     .for_each(|(o, (g, y))| {
                         debug_assert_eq!((o.len(), g.len()), (y.len(), y.len()));
-                        for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                            o.write(if y > T::zero() { g } else { T::zero() });
-                        }
+                        with_simd(
+                            #[inline(always)]
+                            move || {
+                                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                                    o.write(if y > T::zero() { g } else { T::zero() });
+                                }
+                            },
+                        )
                     });
             };
             // SAFETY: `written` writes all `g.len()` values, as said where it is defined.

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::gemm::{inner_parallelism, matmul};
 use super::geometry::{im2col, Geom};
 use super::ChannelBands;
-use crate::cpu::{assume_init, written_by};
+use crate::cpu::{assume_init, with_simd, written_by};
 
 /// `relu?(W · col(X[n]) + b)` for every image `n` of `x`, flat `[N, C_out, OH, OW]`, with `W`
 /// read only inside `bands` (checked against `g` by the caller).
@@ -73,18 +73,23 @@ pub(super) fn forward<T: WithDType>(
                 // Bias and ReLU in one pass over the image's output while it is in cache, rather
                 // than filling the output with the bias for the GEMM to accumulate onto.
                 let zero = T::zero();
-                for (c, row) in y.chunks_mut(ohw).enumerate() {
-                    let b = bias.map_or(zero, |b| b[c]);
-                    match (bias.is_some(), relu) {
-                        // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
-                        (_, true) => row.iter_mut().for_each(|v| {
-                            let s = *v + b;
-                            *v = if s < zero { zero } else { s };
-                        }),
-                        (true, false) => row.iter_mut().for_each(|v| *v += b),
-                        (false, false) => {}
-                    }
-                }
+                with_simd(
+                    #[inline(always)]
+                    move || {
+                        for (c, row) in y.chunks_mut(ohw).enumerate() {
+                            let b = bias.map_or(zero, |b| b[c]);
+                            match (bias.is_some(), relu) {
+                                // `v < 0` leaves NaN in place, as PyTorch's ReLU does; a select vectorises.
+                                (_, true) => row.iter_mut().for_each(|v| {
+                                    let s = *v + b;
+                                    *v = if s < zero { zero } else { s };
+                                }),
+                                (true, false) => row.iter_mut().for_each(|v| *v += b),
+                                (false, false) => {}
+                            }
+                        }
+                    },
+                );
             });
     };
     // SAFETY: `written` writes all `n·out_len` values, as said where it is defined.

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use candle_core::WithDType;
 
 use super::{ChannelBands, ConvOptions};
-use crate::cpu::assume_init;
+use crate::cpu::{assume_init, with_simd};
 
 /// Shapes of one convolution, consistent with each other (see [`Geom::new`]).
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +126,17 @@ impl Geom {
 /// For each im2col row `r = (c, ky, kx)`, the `oh·ow` input values (or padding zeros) that the
 /// kernel tap `(ky, kx)` of channel `c` meets; written to `col[r·ld + off ..][..oh·ow]`.
 pub(super) fn im2col<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, off: usize) {
+    // Rows are short (8 to 32 values on NIN's maps): the widest vectors the processor has, as
+    // the strided and padded copies cannot all be memcpy calls.
+    with_simd(
+        #[inline(always)]
+        move || im2col_here(g, x, col, ld, off),
+    )
+}
+
+/// [`im2col`] compiled for whatever the caller's target features are.
+#[inline(always)]
+fn im2col_here<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, off: usize) {
     let (ohw, zero) = (g.ohw(), T::zero());
     for c in 0..g.c_in {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -162,6 +173,15 @@ pub(super) fn im2col<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, 
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input cell it came from.
 pub(super) fn col2im<T: WithDType>(g: &Geom, col: &[T], dx: &mut [MaybeUninit<T>]) {
+    with_simd(
+        #[inline(always)]
+        move || col2im_here(g, col, dx),
+    )
+}
+
+/// [`col2im`] compiled for whatever the caller's target features are.
+#[inline(always)]
+fn col2im_here<T: WithDType>(g: &Geom, col: &[T], dx: &mut [MaybeUninit<T>]) {
     dx.fill(MaybeUninit::new(T::zero()));
     // SAFETY: every value was written by the fill above.
     let dx = unsafe { assume_init(dx) };

@@ -147,6 +147,10 @@ fn im2col_here<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, off: u
                 // Output columns whose tap lands inside the row: pad ≤ ox·s + kx < w + pad.
                 let lo = g.pad.saturating_sub(kx).div_ceil(g.stride).min(g.ow);
                 let hi = ((g.w + g.pad).saturating_sub(kx).div_ceil(g.stride)).clamp(lo, g.ow);
+                if g.stride == 1 && g.ow == g.w {
+                    same_row_shifted(g, plane, row, (ky, kx), (lo, hi));
+                    continue;
+                }
                 for oy in 0..g.oh {
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     let iy = (oy * g.stride + ky).wrapping_sub(g.pad);
@@ -168,6 +172,47 @@ fn im2col_here<T: WithDType>(g: &Geom, x: &[T], col: &mut [T], ld: usize, off: u
                 }
             }
         }
+    }
+}
+
+/// One im2col row of a stride-1 convolution whose output rows are as wide as the input's (the
+/// "same" padding of NIN's k×k layers): the tap's values are then the plane itself shifted by
+/// `(ky − pad)·w + (kx − pad)`, so the row is one copy of the valid output rows' span, zeros
+/// above and below it, and zeros over the `lo`/`hi` edge columns, where the shifted copy
+/// brought in the neighbouring row's values. Per tap, that is one copy instead of one per
+/// output row: NIN's rows are 8 to 32 values, too short for a copy each to pay.
+#[inline(always)]
+fn same_row_shifted<T: WithDType>(
+    g: &Geom,
+    plane: &[T],
+    row: &mut [T],
+    (ky, kx): (usize, usize),
+    (lo, hi): (usize, usize),
+) {
+    let (w, zero) = (g.w, T::zero());
+    // Output rows whose tap row lies inside the plane: pad ≤ oy + ky < h + pad.
+    let oy_lo = g.pad.saturating_sub(ky).min(g.oh);
+    let oy_hi = (g.h + g.pad).saturating_sub(ky).clamp(oy_lo, g.oh);
+    row[..oy_lo * w].fill(zero);
+    row[oy_hi * w..].fill(zero);
+    if oy_lo == oy_hi {
+        return;
+    }
+    // dst[i] = plane[i + shift] over the valid rows, `shift` possibly negative; the values
+    // that would come from outside the plane fall on edge columns, zeroed below.
+    let dst = &mut row[oy_lo * w..oy_hi * w];
+    let shift = ((oy_lo + ky) * w + kx) as isize - (g.pad * w + g.pad) as isize;
+    let first = ((-shift).max(0) as usize).min(dst.len());
+    let last = (plane.len() as isize - shift).clamp(0, dst.len() as isize) as usize;
+    if first < last {
+        let src = (first as isize + shift) as usize;
+        dst[first..last].copy_from_slice(&plane[src..src + last - first]);
+    }
+    dst[..first].fill(zero);
+    dst[last.max(first)..].fill(zero);
+    for r in dst.chunks_mut(w) {
+        r[..lo].fill(zero);
+        r[hi..].fill(zero);
     }
 }
 

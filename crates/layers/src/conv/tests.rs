@@ -330,3 +330,57 @@ fn bands_for_other_channels_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn im2col_takes_every_tap_or_a_padding_zero_on_every_geometry() {
+    // Against its definition, over the small geometries where the fast "same" path and the
+    // general one meet every edge: kernels wider than the map, padding beyond the kernel's half.
+    for (h, w, k, stride, pad) in (1..=5).flat_map(|h| {
+        (1..=5).flat_map(move |w| {
+            [1, 2, 3, 5]
+                .into_iter()
+                .flat_map(move |k| (1..=2).flat_map(move |s| (0..=3).map(move |p| (h, w, k, s, p))))
+        })
+    }) {
+        let opts = ConvOptions {
+            stride,
+            padding: pad,
+            relu: false,
+        };
+        let Ok(g) = geometry::Geom::new(&[1, 2, h, w], &[1, 2, k, k], opts) else {
+            continue;
+        };
+        let x = values(2 * h * w, (h * 7 + w) as u64);
+        let (ohw, ld, off) = (g.ohw(), g.ohw() + 3, 2);
+        let mut col = vec![f64::NAN; g.ckk() * ld];
+        geometry::im2col(&g, &x, &mut col, ld, off);
+        for (c, ky, kx, oy, ox) in (0..2).flat_map(|c| {
+            (0..k).flat_map(move |ky| {
+                (0..k).flat_map(move |kx| {
+                    (0..g.oh).flat_map(move |oy| (0..g.ow).map(move |ox| (c, ky, kx, oy, ox)))
+                })
+            })
+        }) {
+            let (iy, ix) = (oy * stride + ky, ox * stride + kx);
+            let inside = (pad..h + pad).contains(&iy) && (pad..w + pad).contains(&ix);
+            let want = if inside {
+                x[(c * h + iy - pad) * w + ix - pad]
+            } else {
+                0.0
+            };
+            let r = (c * k + ky) * k + kx;
+            let got = col[r * ld + off + oy * g.ow + ox];
+            assert_eq!(
+                got, want,
+                "{h}×{w} k{k} s{stride} p{pad}: tap ({c}, {ky}, {kx}) at ({oy}, {ox})"
+            );
+        }
+        // Nothing outside the row's span is written.
+        for r in 0..g.ckk() {
+            assert!(col[r * ld..r * ld + off].iter().all(|v| v.is_nan()));
+            assert!(col[r * ld + off + ohw..(r + 1) * ld]
+                .iter()
+                .all(|v| v.is_nan()));
+        }
+    }
+}

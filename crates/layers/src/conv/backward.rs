@@ -137,14 +137,12 @@ impl CustomOp2 for GradOp {
                 (g, x_shape.clone(), bands)
             }
         };
-        let dense = ChannelBands::dense(g.c_in, g.c_out);
-        let bands = bands.as_deref().unwrap_or(&dense);
-        g.expect_bands(bands)?;
+        let bands = g.bands_or_dense(bands.as_deref())?;
         let storage = dispatch_float!(s1.dtype(), op, |T| {
             let (a, b) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?);
             T::to_cpu_storage_owned(match self {
-                GradOp::Weight(..) => weight_grad(&g, bands, a, b),
-                GradOp::Input(..) => input_grad(&g, bands, a, b),
+                GradOp::Weight(..) => weight_grad(&g, &bands, a, b),
+                GradOp::Input(..) => input_grad(&g, &bands, a, b),
             })
         });
         Ok((storage, out_shape))

@@ -6,6 +6,7 @@
 //! cannot take (a kernel larger than the padded input, zero stride, mismatched channels), and
 //! [`Geom::expect_output`] checks the tensor a backward op receives against it.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use candle_core::WithDType;
@@ -87,6 +88,20 @@ impl Geom {
             );
         }
         Ok(())
+    }
+
+    /// The kernels' channel blocks: `bands` (checked against this geometry), or the one dense
+    /// block when there are none.
+    pub(super) fn bands_or_dense<'a>(
+        &self,
+        bands: Option<&'a ChannelBands>,
+    ) -> candle_core::Result<Cow<'a, ChannelBands>> {
+        let bands = match bands {
+            Some(b) => Cow::Borrowed(b),
+            None => Cow::Owned(ChannelBands::dense(self.c_in, self.c_out)),
+        };
+        self.expect_bands(&bands)?;
+        Ok(bands)
     }
 
     /// Errors unless `dims` is a bias's shape, `[C_out]`.

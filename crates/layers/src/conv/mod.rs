@@ -153,13 +153,11 @@ impl ConvOp {
         if let Some((_, l)) = bias {
             g.expect_bias(l.dims())?;
         }
-        let dense = ChannelBands::dense(g.c_in, g.c_out);
-        let bands = self.bands.as_deref().unwrap_or(&dense);
-        g.expect_bands(bands)?;
+        let bands = g.bands_or_dense(self.bands.as_deref())?;
         let storage = dispatch_float!(s1.dtype(), op, |T| {
             let b = bias.map(|(s, l)| slice::<T>(s, l, op)).transpose()?;
             let (x, wt) = (slice(s1, l1, op)?, slice(s2, l2, op)?);
-            T::to_cpu_storage_owned(forward::<T>(&g, bands, x, wt, b, self.opts.relu))
+            T::to_cpu_storage_owned(forward::<T>(&g, &bands, x, wt, b, self.opts.relu))
         });
         Ok((storage, Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }

@@ -69,6 +69,10 @@ impl ModuleT for ConvBn {
 /// `activation(bn(conv(xs)))`, for every convolution that batch norm follows (NIN's batch-norm
 /// variants, DrNIN).
 ///
+/// In training mode on the CPU the two are one op (`BatchNorm2d::train_after_conv`), so that
+/// the convolution's output is not a node of candle's graph and costs no zero-filled gradient
+/// accumulator.
+///
 /// In evaluation mode the norm is a fixed affine map per output channel, so it can be folded
 /// into the convolution: `W' = W·scale`, `b' = b·scale + shift`, with a ReLU fused into the
 /// convolution as well. That replaces a pass over the activations (and, in inference, an op)
@@ -90,9 +94,14 @@ pub(crate) fn conv_bn_act(
     };
     let weight = conv.weight();
     let taps_per_output = weight.elem_count() / weight.dim(0)?.max(1);
-    let fold = !train && n * conv.output_positions(h, w) >= taps_per_output;
-    if !fold {
-        return bn.forward_activated(&conv.forward(xs)?, train, activation);
+    if train {
+        return match bn.train_after_conv(conv, xs, activation)? {
+            Some(ys) => Ok(ys),
+            None => bn.forward_activated(&conv.forward(xs)?, true, activation),
+        };
+    }
+    if n * conv.output_positions(h, w) < taps_per_output {
+        return bn.forward_activated(&conv.forward(xs)?, false, activation);
     }
     let (scale, shift) = bn.eval_affine()?;
     let folded_weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
@@ -155,7 +164,7 @@ mod tests {
     use crate::batch_norm::BN_MOMENTUM;
     use crate::init::seeded_var_builder;
     use crate::model::ParamRole;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
     #[test]
@@ -279,6 +288,65 @@ mod tests {
                         continue;
                     }
                     let (a, b) = (g_folded.get(var), g_plain.get(var));
+                    let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
+                    assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_training_equals_the_convolution_then_the_norm() {
+        let activations = [
+            Activation::Relu,
+            Activation::Elu { alpha: 1.0 },
+            Activation::Identity,
+        ];
+        for spec in [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()] {
+            for activation in activations {
+                let varmap = VarMap::new();
+                let unit = trained_unit(&spec, &varmap);
+                let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 21).unwrap();
+                let xs = Var::from_tensor(&xs.to_dtype(DType::F64).unwrap()).unwrap();
+                let running = |name: &str| {
+                    varmap.data().lock().unwrap()[name]
+                        .as_tensor()
+                        .copy()
+                        .unwrap()
+                };
+                let before = [running("bn.running_mean"), running("bn.running_var")];
+                let fused = unit.forward_activated(&xs, true, activation).unwrap();
+                let after_fused = [running("bn.running_mean"), running("bn.running_var")];
+                {
+                    let data = varmap.data().lock().unwrap();
+                    data["bn.running_mean"].set(&before[0]).unwrap();
+                    data["bn.running_var"].set(&before[1]).unwrap();
+                }
+                let conv_out = unit.conv.forward(&xs).unwrap();
+                let plain = unit
+                    .bn
+                    .forward_activated(&conv_out, true, activation)
+                    .unwrap();
+                let after_plain = [running("bn.running_mean"), running("bn.running_var")];
+                let case = format!("{spec:?} {activation:?}");
+                assert!(max_abs_diff(&fused, &plain) < 1e-12, "{case}: values");
+                for (a, b) in after_fused.iter().zip(&after_plain) {
+                    assert!(max_abs_diff(a, b) < 1e-14, "{case}: running statistics");
+                }
+                let weights = crate::rng::seeded_randn(fused.shape(), 22).unwrap();
+                let weights = weights.to_dtype(DType::F64).unwrap();
+                let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
+                let (g_fused, g_plain) = (
+                    loss(&fused).backward().unwrap(),
+                    loss(&plain).backward().unwrap(),
+                );
+                let dx = (g_fused.get(&xs).unwrap(), g_plain.get(&xs).unwrap());
+                assert!(max_abs_diff(dx.0, dx.1) < 1e-10, "{case}: input gradient");
+                for (name, var) in varmap.data().lock().unwrap().iter() {
+                    if name.contains("running") {
+                        continue;
+                    }
+                    let (a, b) = (g_fused.get(var), g_plain.get(var));
                     let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
                     assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
                 }

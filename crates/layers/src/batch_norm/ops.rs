@@ -1,13 +1,13 @@
 //! The CPU ops of batch norm: per-channel moments in f64, `act(x·scale + shift)` in one pass,
 //! and its backward in one op, with the activation's gradient mask inside.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use std::mem::MaybeUninit;
-
 use crate::cpu::{dispatch_float, lane_sum, lane_sums, slice, with_simd, written_by, KernelFloat};
 
 /// `(N, C, H·W)` of a contiguous `[N, C, H, W]` layout.

@@ -126,6 +126,15 @@ impl Conv2d {
         self.apply_with(xs, &self.weight, self.bias.as_ref(), relu)
     }
 
+    /// Stride and padding, with `relu` as asked.
+    pub(crate) fn options(&self, relu: bool) -> ConvOptions {
+        ConvOptions {
+            stride: self.stride,
+            padding: self.padding,
+            relu,
+        }
+    }
+
     /// This convolution's geometry with another weight and bias of the same shapes (batch norm
     /// folded into them, `conv_bn`).
     pub(crate) fn apply_with(
@@ -135,12 +144,7 @@ impl Conv2d {
         bias: Option<&Tensor>,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
-        let opts = ConvOptions {
-            stride: self.stride,
-            padding: self.padding,
-            relu,
-        };
-        conv2d(xs, weight, bias, opts)
+        conv2d(xs, weight, bias, self.options(relu))
     }
 
     /// The weight, `[C_out, C_in, k, k]`.

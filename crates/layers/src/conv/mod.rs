@@ -94,6 +94,26 @@ pub fn conv2d_banded(
     conv2d_with_bands(xs, weight, bias, opts, Some(bands))
 }
 
+/// The gradients of a [`conv2d`] without ReLU for an output gradient `dy` computed elsewhere:
+/// `(dx, dW, db)`, each only when its tensor tracks gradients. For ops that fuse a convolution
+/// with the op after it and run the convolution's backward themselves
+/// (`batch_norm::after_conv`); `xs` and `weight` contiguous, on the CPU, f32 or f64.
+pub(crate) fn conv2d_gradients(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: ConvOptions,
+    dy: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let opts = ConvOptions {
+        relu: false,
+        ..opts
+    };
+    let g = Geom::new(xs.dims(), weight.dims(), opts)?;
+    g.expect_output(dy.dims(), "conv2d gradients")?;
+    ConvOp { opts, bands: None }.backward(xs, weight, bias, dy, dy)
+}
+
 fn conv2d_with_bands(
     xs: &Tensor,
     weight: &Tensor,

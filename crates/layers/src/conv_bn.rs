@@ -152,7 +152,14 @@ impl BnActConv {
 }
 
 impl ModuleT for BnActConv {
+    /// In training mode on the CPU the three are one op (`BatchNorm2d::train_before_conv`), so
+    /// that the norm's output is not a node of candle's graph.
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train {
+            if let Some(ys) = self.bn.train_before_conv(&self.conv, xs, self.activation)? {
+                return Ok(ys);
+            }
+        }
         let xs = self.bn.forward_activated(xs, train, self.activation)?;
         self.conv.forward(&xs)
     }
@@ -350,6 +357,89 @@ mod tests {
                     let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
                     assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_pre_activation_training_equals_the_norm_then_the_convolution() {
+        for (spec, activation) in [
+            (ConvSpec::same(4, 6, 3), Activation::Relu),
+            (
+                ConvSpec::same(4, 3, 1).with_bias(),
+                Activation::Elu { alpha: 1.0 },
+            ),
+        ] {
+            let varmap = VarMap::new();
+            let vb = seeded_var_builder(&varmap, 5, DType::F64, &Device::Cpu);
+            let unit = BnActConv::new(
+                &spec,
+                activation,
+                WeightInit::KaimingNormal,
+                0.5,
+                vb.pp("bn"),
+                vb.pp("conv"),
+            )
+            .unwrap();
+            {
+                let data = varmap.data().lock().unwrap();
+                let gamma = crate::rng::seeded_randn(spec.in_channels, 7).unwrap();
+                let gamma = gamma
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .affine(0.3, 1.0)
+                    .unwrap();
+                data["bn.weight"].set(&gamma).unwrap();
+                let beta = crate::rng::seeded_randn(spec.in_channels, 8).unwrap();
+                data["bn.bias"]
+                    .set(&beta.to_dtype(DType::F64).unwrap())
+                    .unwrap();
+            }
+            let xs = crate::rng::seeded_randn((2, spec.in_channels, 5, 5), 31).unwrap();
+            let xs = xs.to_dtype(DType::F64).unwrap().affine(1.5, 0.2).unwrap();
+            let xs = Var::from_tensor(&xs).unwrap();
+            let running = |name: &str| {
+                varmap.data().lock().unwrap()[name]
+                    .as_tensor()
+                    .copy()
+                    .unwrap()
+            };
+            let before = [running("bn.running_mean"), running("bn.running_var")];
+            let fused = unit.forward_t(&xs, true).unwrap();
+            let after_fused = [running("bn.running_mean"), running("bn.running_var")];
+            {
+                let data = varmap.data().lock().unwrap();
+                data["bn.running_mean"].set(&before[0]).unwrap();
+                data["bn.running_var"].set(&before[1]).unwrap();
+            }
+            let normed = unit.bn.forward_activated(&xs, true, activation).unwrap();
+            let plain = unit.conv.forward(&normed).unwrap();
+            let after_plain = [running("bn.running_mean"), running("bn.running_var")];
+            let case = format!("{spec:?} {activation:?}");
+            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{case}: values");
+            for (a, b) in after_fused.iter().zip(&after_plain) {
+                assert!(max_abs_diff(a, b) < 1e-14, "{case}: running statistics");
+            }
+            assert!(
+                max_abs_diff(&after_fused[1], &before[1]) > 1e-3,
+                "{case}: moved"
+            );
+            let weights = crate::rng::seeded_randn(fused.shape(), 32).unwrap();
+            let weights = weights.to_dtype(DType::F64).unwrap();
+            let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
+            let (g_fused, g_plain) = (
+                loss(&fused).backward().unwrap(),
+                loss(&plain).backward().unwrap(),
+            );
+            let dx = (g_fused.get(&xs).unwrap(), g_plain.get(&xs).unwrap());
+            assert!(max_abs_diff(dx.0, dx.1) < 1e-10, "{case}: input gradient");
+            for (name, var) in varmap.data().lock().unwrap().iter() {
+                if name.contains("running") {
+                    continue;
+                }
+                let (a, b) = (g_fused.get(var), g_plain.get(var));
+                let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
+                assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
             }
         }
     }

@@ -23,9 +23,9 @@
 //! This file is the layer; `ops` holds the three CPU ops (moments, normalise, gradient), and
 //! `cuda` their CUDA counterparts.
 
-mod after_conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod fused;
 mod ops;
 #[cfg(test)]
 mod tests;

@@ -95,15 +95,16 @@ pub fn conv2d_banded(
 }
 
 /// The gradients of a [`conv2d`] without ReLU for an output gradient `dy` computed elsewhere:
-/// `(dx, dW, db)`, each only when its tensor tracks gradients. For ops that fuse a convolution
-/// with the op after it and run the convolution's backward themselves
-/// (`batch_norm::after_conv`); `xs` and `weight` contiguous, on the CPU, f32 or f64.
+/// `(dx, dW, db)`, dW and db when the weight or bias tracks gradients, dx when `want_dx`. For
+/// ops that fuse a convolution with the op next to it and run the convolution's backward
+/// themselves (`batch_norm::fused`); `xs` and `weight` contiguous, on the CPU, f32 or f64.
 pub(crate) fn conv2d_gradients(
     xs: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     opts: ConvOptions,
     dy: &Tensor,
+    want_dx: bool,
 ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let opts = ConvOptions {
         relu: false,
@@ -111,7 +112,18 @@ pub(crate) fn conv2d_gradients(
     };
     let g = Geom::new(xs.dims(), weight.dims(), opts)?;
     g.expect_output(dy.dims(), "conv2d gradients")?;
-    ConvOp { opts, bands: None }.backward(xs, weight, bias, dy, dy)
+    ConvOp { opts, bands: None }.backward_for(xs, weight, bias, dy, dy, want_dx)
+}
+
+/// The CPU forward of a [`conv2d`] on storages (f32, f64; contiguous layouts), for fused ops
+/// whose own forward runs a convolution (`batch_norm::fused`).
+pub(crate) fn conv2d_cpu(
+    xs: (&CpuStorage, &Layout),
+    weight: (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+    opts: ConvOptions,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    ConvOp { opts, bands: None }.cpu_conv(xs, weight, bias)
 }
 
 fn conv2d_with_bands(
@@ -191,6 +203,19 @@ impl ConvOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward_for(x, w, b, res, grad, x.track_op())
+    }
+
+    /// [`ConvOp::backward`], with the input gradient computed exactly when `want_dx`.
+    fn backward_for(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        res: &Tensor,
+        grad: &Tensor,
+        want_dx: bool,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = if self.opts.relu {
             grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?
         } else {
@@ -204,7 +229,7 @@ impl ConvOp {
             dw = Some(both.narrow(0, 0, c_out * ckk)?.reshape(w.shape())?);
             db = b.map(|_| both.narrow(0, c_out * ckk, c_out)).transpose()?;
         }
-        let dx = if x.track_op() {
+        let dx = if want_dx {
             let op = GradOp::Input(self.opts, x.shape().clone(), self.bands.clone());
             Some(dy.apply_op2_no_bwd(w, &op)?)
         } else {

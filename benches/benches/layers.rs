@@ -1,7 +1,10 @@
 //! Criterion benchmarks of the layers a NIN training step spends its time in: every convolution
 //! shape of NIN at batch 32, forward and forward + backward, through our GEMM-based op and
 //! through candle's own `conv2d`; CiC's channel-window layers, banded against the dense
-//! convolution of their gathered weight; both pooling layers; and one whole training step.
+//! convolution of their gathered weight; both pooling layers; batch norm with its fused
+//! activations and ELU (the element-wise kernels `cpu::with_simd` compiles for the processor's
+//! vectors), a convolution with its norm folded in for evaluation against the two ops; and one
+//! whole training step.
 //! Run at the thread count you compare with, and with the allocator settings `nin` sets for
 //! itself (`crates/cli/src/alloc.rs`; without them the large layers time glibc returning and
 //! refaulting memory): `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
@@ -12,13 +15,18 @@
 
 use std::time::Duration;
 
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use nin_format::LrMultipliers;
-use nin_layers::{conv2d, pool2d, ConvOptions, Pool2dConfig, PoolKind, WeightInit};
+use nin_layers::{
+    batch_norm_2d, conv2d, elu, pool2d, Activation, Conv2d, ConvBn, ConvOptions, ConvSpec,
+    Pool2dConfig, PoolKind, WeightInit, BN_MOMENTUM,
+};
 use nin_model_cic::{ChannelWindowConfig, ChannelWindowConv};
 use nin_train::optim::{named_vars, trainable_params};
 use nin_train::{Optimizer, Sgd};
@@ -171,6 +179,69 @@ fn pooling(c: &mut Criterion) {
     group.finish();
 }
 
+fn norms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("norm");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    let dims = [BATCH, 192, 32, 32];
+    let x = Var::from_tensor(&randn(&dims)).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let bn = batch_norm_2d(192, BN_MOMENTUM, vb.pp("bn")).unwrap();
+    let layer = "192x32";
+    let bn_relu = || bn.forward_activated(&x, true, Activation::Relu).unwrap();
+    let bn_elu = || {
+        bn.forward_activated(&x, true, Activation::Elu { alpha: 1.0 })
+            .unwrap()
+    };
+    let elu_alone = || elu(&x, 1.0).unwrap();
+    forward_and_train(
+        &mut group,
+        layer,
+        &[
+            ("bn_relu", &bn_relu),
+            ("bn_elu", &bn_elu),
+            ("elu", &elu_alone),
+        ],
+    );
+    // Evaluation of a 1×1 192 → 160 convolution and its norm: folded into one op
+    // (`ConvBn`), against the convolution then the norm's own op, on the same variables.
+    let spec = ConvSpec::same(192, 160, 1);
+    let eval_vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let unit = ConvBn::new(
+        &spec,
+        WeightInit::KaimingNormal,
+        BN_MOMENTUM,
+        eval_vb.pp("unit.conv"),
+        eval_vb.pp("unit.bn"),
+    )
+    .unwrap();
+    let conv = Conv2d::new(&spec, WeightInit::KaimingNormal, eval_vb.pp("unit.conv")).unwrap();
+    let norm = batch_norm_2d(160, BN_MOMENTUM, eval_vb.pp("unit.bn")).unwrap();
+    let xs = randn(&dims);
+    group.bench_function(
+        BenchmarkId::new("eval/folded", "conv_bn_192-160x32"),
+        |bench| {
+            bench.iter(|| {
+                unit.forward_activated(&xs, false, Activation::Relu)
+                    .unwrap()
+            })
+        },
+    );
+    group.bench_function(
+        BenchmarkId::new("eval/two_ops", "conv_bn_192-160x32"),
+        |bench| {
+            bench.iter(|| {
+                let ys = conv.forward(&xs).unwrap();
+                norm.forward_activated(&ys, false, Activation::Relu)
+                    .unwrap()
+            })
+        },
+    );
+    group.finish();
+}
+
 fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step");
     group
@@ -206,6 +277,7 @@ criterion_group!(
     convolutions,
     window_convolutions,
     pooling,
+    norms,
     train_step
 );
 criterion_main!(benches);

@@ -209,7 +209,7 @@ fn bench_one(
         .map(|i| (i % args.num_classes) as u32)
         .collect();
     let labels = Tensor::from_vec(labels, batch_size, device)?;
-    let mut step: Box<dyn FnMut() -> anyhow::Result<()>> = if mode == "train" {
+    let step: Box<dyn FnMut() -> anyhow::Result<()>> = if mode == "train" {
         let model = created.model;
         let params = trainable_params(
             &named_vars(&created.varmap),
@@ -241,17 +241,7 @@ fn bench_one(
             Ok(())
         })
     };
-    for _ in 0..args.warmup {
-        step()?;
-    }
-    let mut times = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let start = Instant::now();
-        step()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    drop(step);
-    times.sort_by(f64::total_cmp);
+    let times = sorted_times(args, step)?;
     let median = times[times.len() / 2];
     let samples_per_sec = batch_size as f64 / median;
     let macs = created.info.macs_per_image as f64;
@@ -288,16 +278,7 @@ fn bench_gemm(args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
         a.matmul(&b)?.get(0)?.get(0)?.to_scalar::<f32>()?;
         Ok(())
     };
-    for _ in 0..args.warmup {
-        product()?;
-    }
-    let mut times = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let start = Instant::now();
-        product()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    let times = sorted_times(args, product)?;
     let median = times[times.len() / 2];
     let macs = (n * n * n) as f64;
     Ok(Row {
@@ -312,6 +293,24 @@ fn bench_gemm(args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
         achieved_gflops: 2.0 * macs / median / 1e9,
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
     })
+}
+
+/// The seconds of `--iters` timed calls of `step` after `--warmup` untimed ones, fastest first.
+fn sorted_times(
+    args: &BenchArgs,
+    mut step: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// A deterministic batch of values in [−2, 2), like normalised images.

@@ -302,6 +302,58 @@ mod tests {
         }
     }
 
+    /// Runs `fused` then, from the running statistics `fused` started from, `plain` (the same
+    /// unit as separate ops) on the variable `xs`, and asserts that they agree: values, the
+    /// running statistics each left, the input's gradient and every parameter's.
+    fn assert_fused_equals_plain(
+        case: &str,
+        varmap: &VarMap,
+        xs: &Var,
+        fused: impl Fn() -> Tensor,
+        plain: impl Fn() -> Tensor,
+    ) {
+        let running = |name: &str| {
+            varmap.data().lock().unwrap()[name]
+                .as_tensor()
+                .copy()
+                .unwrap()
+        };
+        let names = ["bn.running_mean", "bn.running_var"];
+        let before = names.map(running);
+        let fused = fused();
+        let after_fused = names.map(running);
+        for (name, value) in names.iter().zip(&before) {
+            varmap.data().lock().unwrap()[*name].set(value).unwrap();
+        }
+        let plain = plain();
+        let after_plain = names.map(running);
+        assert!(max_abs_diff(&fused, &plain) < 1e-12, "{case}: values");
+        for ((a, b), old) in after_fused.iter().zip(&after_plain).zip(&before) {
+            assert!(max_abs_diff(a, b) < 1e-14, "{case}: running statistics");
+            assert!(
+                max_abs_diff(a, old) > 1e-6,
+                "{case}: running statistics unmoved"
+            );
+        }
+        let weights = crate::rng::seeded_randn(fused.shape(), 22).unwrap();
+        let weights = weights.to_dtype(DType::F64).unwrap();
+        let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
+        let (g_fused, g_plain) = (
+            loss(&fused).backward().unwrap(),
+            loss(&plain).backward().unwrap(),
+        );
+        let dx = (g_fused.get(xs).unwrap(), g_plain.get(xs).unwrap());
+        assert!(max_abs_diff(dx.0, dx.1) < 1e-10, "{case}: input gradient");
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.contains("running") {
+                continue;
+            }
+            let (a, b) = (g_fused.get(var), g_plain.get(var));
+            let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
+            assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
+        }
+    }
+
     #[test]
     fn fused_training_equals_the_convolution_then_the_norm() {
         let activations = [
@@ -315,48 +367,18 @@ mod tests {
                 let unit = trained_unit(&spec, &varmap);
                 let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 21).unwrap();
                 let xs = Var::from_tensor(&xs.to_dtype(DType::F64).unwrap()).unwrap();
-                let running = |name: &str| {
-                    varmap.data().lock().unwrap()[name]
-                        .as_tensor()
-                        .copy()
-                        .unwrap()
-                };
-                let before = [running("bn.running_mean"), running("bn.running_var")];
-                let fused = unit.forward_activated(&xs, true, activation).unwrap();
-                let after_fused = [running("bn.running_mean"), running("bn.running_var")];
-                {
-                    let data = varmap.data().lock().unwrap();
-                    data["bn.running_mean"].set(&before[0]).unwrap();
-                    data["bn.running_var"].set(&before[1]).unwrap();
-                }
-                let conv_out = unit.conv.forward(&xs).unwrap();
-                let plain = unit
-                    .bn
-                    .forward_activated(&conv_out, true, activation)
-                    .unwrap();
-                let after_plain = [running("bn.running_mean"), running("bn.running_var")];
-                let case = format!("{spec:?} {activation:?}");
-                assert!(max_abs_diff(&fused, &plain) < 1e-12, "{case}: values");
-                for (a, b) in after_fused.iter().zip(&after_plain) {
-                    assert!(max_abs_diff(a, b) < 1e-14, "{case}: running statistics");
-                }
-                let weights = crate::rng::seeded_randn(fused.shape(), 22).unwrap();
-                let weights = weights.to_dtype(DType::F64).unwrap();
-                let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
-                let (g_fused, g_plain) = (
-                    loss(&fused).backward().unwrap(),
-                    loss(&plain).backward().unwrap(),
+                assert_fused_equals_plain(
+                    &format!("{spec:?} {activation:?}"),
+                    &varmap,
+                    &xs,
+                    || unit.forward_activated(&xs, true, activation).unwrap(),
+                    || {
+                        let conv_out = unit.conv.forward(&xs).unwrap();
+                        unit.bn
+                            .forward_activated(&conv_out, true, activation)
+                            .unwrap()
+                    },
                 );
-                let dx = (g_fused.get(&xs).unwrap(), g_plain.get(&xs).unwrap());
-                assert!(max_abs_diff(dx.0, dx.1) < 1e-10, "{case}: input gradient");
-                for (name, var) in varmap.data().lock().unwrap().iter() {
-                    if name.contains("running") {
-                        continue;
-                    }
-                    let (a, b) = (g_fused.get(var), g_plain.get(var));
-                    let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
-                    assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
-                }
             }
         }
     }
@@ -398,49 +420,16 @@ mod tests {
             let xs = crate::rng::seeded_randn((2, spec.in_channels, 5, 5), 31).unwrap();
             let xs = xs.to_dtype(DType::F64).unwrap().affine(1.5, 0.2).unwrap();
             let xs = Var::from_tensor(&xs).unwrap();
-            let running = |name: &str| {
-                varmap.data().lock().unwrap()[name]
-                    .as_tensor()
-                    .copy()
-                    .unwrap()
-            };
-            let before = [running("bn.running_mean"), running("bn.running_var")];
-            let fused = unit.forward_t(&xs, true).unwrap();
-            let after_fused = [running("bn.running_mean"), running("bn.running_var")];
-            {
-                let data = varmap.data().lock().unwrap();
-                data["bn.running_mean"].set(&before[0]).unwrap();
-                data["bn.running_var"].set(&before[1]).unwrap();
-            }
-            let normed = unit.bn.forward_activated(&xs, true, activation).unwrap();
-            let plain = unit.conv.forward(&normed).unwrap();
-            let after_plain = [running("bn.running_mean"), running("bn.running_var")];
-            let case = format!("{spec:?} {activation:?}");
-            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{case}: values");
-            for (a, b) in after_fused.iter().zip(&after_plain) {
-                assert!(max_abs_diff(a, b) < 1e-14, "{case}: running statistics");
-            }
-            assert!(
-                max_abs_diff(&after_fused[1], &before[1]) > 1e-3,
-                "{case}: moved"
+            assert_fused_equals_plain(
+                &format!("{spec:?} {activation:?}"),
+                &varmap,
+                &xs,
+                || unit.forward_t(&xs, true).unwrap(),
+                || {
+                    let normed = unit.bn.forward_activated(&xs, true, activation).unwrap();
+                    unit.conv.forward(&normed).unwrap()
+                },
             );
-            let weights = crate::rng::seeded_randn(fused.shape(), 32).unwrap();
-            let weights = weights.to_dtype(DType::F64).unwrap();
-            let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
-            let (g_fused, g_plain) = (
-                loss(&fused).backward().unwrap(),
-                loss(&plain).backward().unwrap(),
-            );
-            let dx = (g_fused.get(&xs).unwrap(), g_plain.get(&xs).unwrap());
-            assert!(max_abs_diff(dx.0, dx.1) < 1e-10, "{case}: input gradient");
-            for (name, var) in varmap.data().lock().unwrap().iter() {
-                if name.contains("running") {
-                    continue;
-                }
-                let (a, b) = (g_fused.get(var), g_plain.get(var));
-                let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
-                assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
-            }
         }
     }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
-use super::ops::{ChannelMoments, NormOp};
-use super::{BatchNorm2d, BN_EPS};
+use super::ops::NormOp;
+use super::BatchNorm2d;
 use crate::activation::Activation;
 use crate::conv::{conv2d_cpu, conv2d_gradients, Conv2d, ConvOptions};
 
@@ -77,30 +77,6 @@ impl BatchNorm2d {
             .chain(bias)
             .all(|t| t.dtype() == dtype);
         xs.device().is_cpu() && matches!(dtype, DType::F32 | DType::F64) && same_dtype
-    }
-
-    /// The norm of `xs` (contiguous `[N, C, H, W]`) with its batch's statistics, the running
-    /// statistics updated from them.
-    fn batch_norm_op(&self, xs: &Tensor, act: Activation) -> candle_core::Result<NormOp> {
-        let channels = self.weight.dim(0)?;
-        let per_channel = xs.elem_count() / channels;
-        if per_channel < 2 {
-            candle_core::bail!(
-                "batch_norm: training needs more than one value per channel, got input {:?}",
-                xs.dims()
-            );
-        }
-        let moments = xs.apply_op1_no_bwd(&ChannelMoments)?.to_vec2::<f64>()?;
-        let [mean, var] = <[Vec<f64>; 2]>::try_from(moments)
-            .map_err(|_| candle_core::Error::Msg("batch_norm: moments not [2, C]".into()))?;
-        self.update_running(&mean, &var, per_channel)?;
-        let inv_std = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
-        Ok(NormOp {
-            mean,
-            inv_std,
-            batch_stats: true,
-            act,
-        })
     }
 }
 
@@ -173,16 +149,8 @@ impl CustomOp3 for ConvNormOp {
         let want_dx = xs.track_op();
         let (dx, dw, db) =
             conv2d_gradients(xs, weight, bias.as_ref(), self.opts, &d_conv_out, want_dx)?;
-        let mut parts = vec![d_gamma, d_beta];
-        if self.has_bias {
-            // db comes with dW; when neither is asked for, it is still the output gradient's
-            // channel sums.
-            match db {
-                Some(db) => parts.push(db),
-                None => parts.push(d_conv_out.sum((0, 2, 3))?),
-            }
-        }
-        Ok((dx, dw, Some(Tensor::cat(&parts, 0)?)))
+        let d_params = params_gradient(d_gamma, d_beta, db, self.has_bias, &d_conv_out)?;
+        Ok((dx, dw, Some(d_params)))
     }
 }
 
@@ -289,15 +257,28 @@ impl CustomOp3 for NormConvOp {
         let (Some(d_gamma), Some(d_beta)) = (d_gamma, d_beta) else {
             candle_core::bail!("{}: the norm gave no gradient", self.name())
         };
-        let mut parts = vec![d_gamma, d_beta];
-        if self.has_bias {
-            match db {
-                Some(db) => parts.push(db),
-                None => parts.push(grad.sum((0, 2, 3))?),
-            }
-        }
-        Ok((dx, dw, Some(Tensor::cat(&parts, 0)?)))
+        let d_params = params_gradient(d_gamma, d_beta, db, self.has_bias, &grad)?;
+        Ok((dx, dw, Some(d_params)))
     }
+}
+
+/// The gradient of `[γ; β; b]`: `db` comes with the convolution's dW, and when neither was asked
+/// for it is still the channel sums of the convolution's output gradient `conv_dy`.
+fn params_gradient(
+    d_gamma: Tensor,
+    d_beta: Tensor,
+    db: Option<Tensor>,
+    has_bias: bool,
+    conv_dy: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let mut parts = vec![d_gamma, d_beta];
+    if has_bias {
+        parts.push(match db {
+            Some(db) => db,
+            None => conv_dy.sum((0, 2, 3))?,
+        });
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// Where `[γ; β; b]` starts in its storage, after checking it is `want` contiguous values.

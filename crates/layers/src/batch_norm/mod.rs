@@ -150,31 +150,36 @@ impl BatchNorm2d {
         if xs.device().is_cuda() {
             return cuda::forward(self, &xs, train, act);
         }
-        let (mean, var) = if train {
-            let per_channel = xs.elem_count() / channels;
-            if per_channel < 2 {
-                candle_core::bail!(
-                    "batch_norm: training needs more than one value per channel, got input {:?}",
-                    xs.dims()
-                );
-            }
-            let moments = xs.apply_op1_no_bwd(&ChannelMoments)?.to_vec2::<f64>()?;
-            let [mean, var] = <[Vec<f64>; 2]>::try_from(moments)
-                .map_err(|_| candle_core::Error::Msg("batch_norm: moments not [2, C]".into()))?;
-            self.update_running(&mean, &var, per_channel)?;
-            (mean, var)
+        let op = if train {
+            self.batch_norm_op(&xs, act)?
         } else {
             let buffer = |v: &Var| v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>();
-            (buffer(&self.running_mean)?, buffer(&self.running_var)?)
-        };
-        let inv_std = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
-        let op = NormOp {
-            mean,
-            inv_std,
-            batch_stats: train,
-            act,
+            NormOp::new(
+                buffer(&self.running_mean)?,
+                &buffer(&self.running_var)?,
+                false,
+                act,
+            )
         };
         xs.apply_op3(&self.weight, &self.bias, op)
+    }
+
+    /// The norm of `xs` (contiguous `[N, C, H, W]` on the CPU) with its batch's statistics,
+    /// the running statistics updated from them.
+    fn batch_norm_op(&self, xs: &Tensor, act: Activation) -> candle_core::Result<NormOp> {
+        let channels = self.weight.dim(0)?;
+        let per_channel = xs.elem_count() / channels;
+        if per_channel < 2 {
+            candle_core::bail!(
+                "batch_norm: training needs more than one value per channel, got input {:?}",
+                xs.dims()
+            );
+        }
+        let moments = xs.apply_op1_no_bwd(&ChannelMoments)?.to_vec2::<f64>()?;
+        let [mean, var] = <[Vec<f64>; 2]>::try_from(moments)
+            .map_err(|_| candle_core::Error::Msg("batch_norm: moments not [2, C]".into()))?;
+        self.update_running(&mean, &var, per_channel)?;
+        Ok(NormOp::new(mean, &var, true, act))
     }
 
     /// `running = (1 − m)·running + m·batch`, with the batch variance made unbiased as PyTorch

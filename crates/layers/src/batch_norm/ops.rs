@@ -7,6 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::BN_EPS;
 use crate::activation::Activation;
 use crate::cpu::{dispatch_float, lane_sum, lane_sums, slice, with_simd, written_by, KernelFloat};
 
@@ -87,6 +88,17 @@ pub(super) struct NormOp {
 }
 
 impl NormOp {
+    /// The norm with each channel's `mean` and (biased) variance `var`.
+    pub(super) fn new(mean: Vec<f64>, var: &[f64], batch_stats: bool, act: Activation) -> Self {
+        let inv_std = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
+        Self {
+            mean,
+            inv_std,
+            batch_stats,
+            act,
+        }
+    }
+
     /// Per-channel `(scale, shift)` in `T`; the forward and the backward's ReLU mask both use
     /// these, so they agree on every sign.
     fn affine<T: WithDType>(&self, gamma: &[f64], beta: &[f64]) -> Vec<(T, T)> {

@@ -194,19 +194,8 @@ impl ConvOp {
         Ok((storage, Shape::from((g.n, g.c_out, g.oh, g.ow))))
     }
 
-    /// Gradients for input, weight and bias, each only when its tensor tracks gradients.
-    fn backward(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward_for(x, w, b, res, grad, x.track_op())
-    }
-
-    /// [`ConvOp::backward`], with the input gradient computed exactly when `want_dx`.
+    /// Gradients for weight and bias, each only when its tensor tracks gradients, and for the
+    /// input when `want_dx` (the op's own backward asks exactly when the input tracks them).
     fn backward_for(
         &self,
         x: &Tensor,
@@ -261,7 +250,7 @@ impl CustomOp2 for ConvOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(x, w, None, res, grad)?;
+        let (dx, dw, _) = self.backward_for(x, w, None, res, grad, x.track_op())?;
         Ok((dx, dw))
     }
 }
@@ -291,6 +280,6 @@ impl CustomOp3 for ConvOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, Some(b), res, grad)
+        self.backward_for(x, w, Some(b), res, grad, x.track_op())
     }
 }

@@ -256,6 +256,19 @@ mod tests {
         unit
     }
 
+    /// The post-activation units the folded and fused paths are checked on: a 3×3 convolution
+    /// without bias and a 1×1 one with, each with every activation.
+    fn post_activation_cases() -> impl Iterator<Item = (ConvSpec, Activation)> {
+        let activations = [
+            Activation::Relu,
+            Activation::Elu { alpha: 1.0 },
+            Activation::Identity,
+        ];
+        [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()]
+            .into_iter()
+            .flat_map(move |spec| activations.map(|a| (spec.clone(), a)))
+    }
+
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
         d.max(0).unwrap().to_scalar::<f64>().unwrap()
@@ -263,41 +276,34 @@ mod tests {
 
     #[test]
     fn folded_evaluation_equals_the_norm_after_the_convolution_values_and_gradients() {
-        let activations = [
-            Activation::Relu,
-            Activation::Elu { alpha: 1.0 },
-            Activation::Identity,
-        ];
-        for spec in [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()] {
-            for activation in activations {
-                let varmap = VarMap::new();
-                let unit = trained_unit(&spec, &varmap);
-                let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 11).unwrap();
-                let xs = xs.to_dtype(DType::F64).unwrap();
-                // The folded path (batch 2 of 6×6 maps: 72 positions per channel, more than
-                // C_in·k·k) against the norm's own op on the convolution's output.
-                let folded = unit.forward_activated(&xs, false, activation).unwrap();
-                let plain = unit
-                    .bn
-                    .forward_activated(&unit.conv.forward(&xs).unwrap(), false, activation)
-                    .unwrap();
-                let case = format!("{spec:?} {activation:?}");
-                assert!(max_abs_diff(&folded, &plain) < 1e-12, "{case}: values");
-                let weights = crate::rng::seeded_randn(folded.shape(), 12).unwrap();
-                let weights = weights.to_dtype(DType::F64).unwrap();
-                let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
-                let (g_folded, g_plain) = (
-                    loss(&folded).backward().unwrap(),
-                    loss(&plain).backward().unwrap(),
-                );
-                for (name, var) in varmap.data().lock().unwrap().iter() {
-                    if name.contains("running") {
-                        continue;
-                    }
-                    let (a, b) = (g_folded.get(var), g_plain.get(var));
-                    let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
-                    assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
+        for (spec, activation) in post_activation_cases() {
+            let varmap = VarMap::new();
+            let unit = trained_unit(&spec, &varmap);
+            let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 11).unwrap();
+            let xs = xs.to_dtype(DType::F64).unwrap();
+            // The folded path (batch 2 of 6×6 maps: 72 positions per channel, more than
+            // C_in·k·k) against the norm's own op on the convolution's output.
+            let folded = unit.forward_activated(&xs, false, activation).unwrap();
+            let plain = unit
+                .bn
+                .forward_activated(&unit.conv.forward(&xs).unwrap(), false, activation)
+                .unwrap();
+            let case = format!("{spec:?} {activation:?}");
+            assert!(max_abs_diff(&folded, &plain) < 1e-12, "{case}: values");
+            let weights = crate::rng::seeded_randn(folded.shape(), 12).unwrap();
+            let weights = weights.to_dtype(DType::F64).unwrap();
+            let loss = |ys: &Tensor| (ys * &weights).unwrap().sum_all().unwrap();
+            let (g_folded, g_plain) = (
+                loss(&folded).backward().unwrap(),
+                loss(&plain).backward().unwrap(),
+            );
+            for (name, var) in varmap.data().lock().unwrap().iter() {
+                if name.contains("running") {
+                    continue;
                 }
+                let (a, b) = (g_folded.get(var), g_plain.get(var));
+                let (a, b) = (a.unwrap(), b.unwrap_or_else(|| panic!("{case}: {name}")));
+                assert!(max_abs_diff(a, b) < 1e-10, "{case}: gradient of {name}");
             }
         }
     }
@@ -356,30 +362,23 @@ mod tests {
 
     #[test]
     fn fused_training_equals_the_convolution_then_the_norm() {
-        let activations = [
-            Activation::Relu,
-            Activation::Elu { alpha: 1.0 },
-            Activation::Identity,
-        ];
-        for spec in [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()] {
-            for activation in activations {
-                let varmap = VarMap::new();
-                let unit = trained_unit(&spec, &varmap);
-                let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 21).unwrap();
-                let xs = Var::from_tensor(&xs.to_dtype(DType::F64).unwrap()).unwrap();
-                assert_fused_equals_plain(
-                    &format!("{spec:?} {activation:?}"),
-                    &varmap,
-                    &xs,
-                    || unit.forward_activated(&xs, true, activation).unwrap(),
-                    || {
-                        let conv_out = unit.conv.forward(&xs).unwrap();
-                        unit.bn
-                            .forward_activated(&conv_out, true, activation)
-                            .unwrap()
-                    },
-                );
-            }
+        for (spec, activation) in post_activation_cases() {
+            let varmap = VarMap::new();
+            let unit = trained_unit(&spec, &varmap);
+            let xs = crate::rng::seeded_randn((2, spec.in_channels, 6, 6), 21).unwrap();
+            let xs = Var::from_tensor(&xs.to_dtype(DType::F64).unwrap()).unwrap();
+            assert_fused_equals_plain(
+                &format!("{spec:?} {activation:?}"),
+                &varmap,
+                &xs,
+                || unit.forward_activated(&xs, true, activation).unwrap(),
+                || {
+                    let conv_out = unit.conv.forward(&xs).unwrap();
+                    unit.bn
+                        .forward_activated(&conv_out, true, activation)
+                        .unwrap()
+                },
+            );
         }
     }
 

@@ -55,10 +55,7 @@ impl BatchNorm2d {
             );
         }
         let norm = self.batch_norm_op(&conv_out, act)?;
-        // γ, β and the convolution's bias as one operand: a custom op takes three tensors.
-        let mut parts = vec![self.weight.clone(), self.bias.clone()];
-        parts.extend(bias.cloned());
-        let params = Tensor::cat(&parts, 0)?;
+        let params = self.params_with(bias)?;
         let op = ConvNormOp {
             conv_out: Arc::new(conv_out),
             norm,
@@ -67,6 +64,14 @@ impl BatchNorm2d {
             has_bias: bias.is_some(),
         };
         Ok(Some(xs.apply_op3(&weight, &params, op)?))
+    }
+
+    /// `[γ; β; b]`, the convolution's bias `b` if it has one: the fused ops' third operand (a
+    /// custom op takes three tensors), through which γ, β and b get their gradients.
+    fn params_with(&self, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut parts = vec![self.weight.clone(), self.bias.clone()];
+        parts.extend(bias.cloned());
+        Tensor::cat(&parts, 0)
     }
 
     /// Whether the fused ops take these operands: on the CPU, f32 or f64 throughout.
@@ -174,9 +179,7 @@ impl BatchNorm2d {
         let normed =
             xs.detach()
                 .apply_op3_no_bwd(&self.weight.detach(), &self.bias.detach(), &norm)?;
-        let mut parts = vec![self.weight.clone(), self.bias.clone()];
-        parts.extend(bias.cloned());
-        let params = Tensor::cat(&parts, 0)?;
+        let params = self.params_with(bias)?;
         let op = NormConvOp {
             normed: Arc::new(normed),
             norm,

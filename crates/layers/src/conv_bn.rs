@@ -266,7 +266,7 @@ mod tests {
         ];
         [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()]
             .into_iter()
-            .flat_map(move |spec| activations.map(|a| (spec.clone(), a)))
+            .flat_map(move |spec| activations.map(|a| (spec, a)))
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -88,18 +88,18 @@ pub(crate) fn conv_bn_act(
     train: bool,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    let (n, h, w) = match xs.dims() {
-        &[n, _, h, w] => (n, h, w),
-        _ => (0, 0, 0),
-    };
-    let weight = conv.weight();
-    let taps_per_output = weight.elem_count() / weight.dim(0)?.max(1);
     if train {
         return match bn.train_after_conv(conv, xs, activation)? {
             Some(ys) => Ok(ys),
             None => bn.forward_activated(&conv.forward(xs)?, true, activation),
         };
     }
+    let (n, h, w) = match xs.dims() {
+        &[n, _, h, w] => (n, h, w),
+        _ => (0, 0, 0),
+    };
+    let weight = conv.weight();
+    let taps_per_output = weight.elem_count() / weight.dim(0)?.max(1);
     if n * conv.output_positions(h, w) < taps_per_output {
         return bn.forward_activated(&conv.forward(xs)?, false, activation);
     }
@@ -169,6 +169,7 @@ impl ModuleT for BnActConv {
 mod tests {
     use super::*;
     use crate::batch_norm::BN_MOMENTUM;
+    use crate::cpu::max_abs_diff;
     use crate::init::seeded_var_builder;
     use crate::model::ParamRole;
     use candle_core::{DType, Device, Var};
@@ -267,11 +268,6 @@ mod tests {
         [ConvSpec::same(3, 8, 3), ConvSpec::same(5, 4, 1).with_bias()]
             .into_iter()
             .flat_map(move |spec| activations.map(|a| (spec, a)))
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f64>().unwrap()
     }
 
     #[test]

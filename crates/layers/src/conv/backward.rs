@@ -1,13 +1,21 @@
-//! The backward kernels: the weight and bias gradients as GEMMs over images packed side by side,
-//! the input gradient as one GEMM per image followed by col2im, and the ReLU mask that the fused
-//! ReLU puts in front of both.
+//! The backward of a convolution as one op: the weight and bias gradients as GEMMs over images
+//! packed side by side, then the input gradient as one GEMM per image followed by col2im, with the
+//! fused ReLU's mask applied as each image's output gradient is copied into a GEMM buffer.
+//!
+//! Why the mask is not an op of its own: it was a pass over the whole output gradient that wrote
+//! a masked copy into a fresh activation-sized buffer, which the weight gradient then copied into
+//! its padded buffer and the input gradient read again. Now the weight gradient masks as it makes
+//! its copy, the input gradient masks each image into a buffer of the thread's, and no masked
+//! copy of the whole gradient exists: a `nin` training step at batch 32 peaks about 40 MiB lower
+//! (`docs/performance.md`). The three gradients come out of one op, flat (`[dX, dW, db]`), its
+//! shapes checked once.
 
 use std::mem::MaybeUninit;
 
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{inner_parallelism, matmul};
@@ -15,9 +23,12 @@ use super::geometry::{col2im, im2col, Geom};
 use super::{ChannelBands, ConvOptions};
 use crate::cpu::{dispatch_float, lane_sum, slice, with_simd, written_by};
 
-/// `grad` where the ReLU output is positive, else 0.
+/// `grad` where the ReLU output is positive, else 0, as its own op: the CUDA path's mask (the
+/// CPU kernel masks as it copies, see the module).
+#[cfg(feature = "cuda")]
 pub(super) struct ReluMask;
 
+#[cfg(feature = "cuda")]
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {
         "nin-relu-mask"
@@ -25,47 +36,14 @@ impl CustomOp2 for ReluMask {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn mask<T: WithDType>(g: &[T], y: &[T]) -> Vec<T> {
-            assert_eq!(g.len(), y.len(), "relu mask: gradient and output lengths");
-            // Writes every value: `g` and `y` have the output's length (asserted above), so
-            // the three chunkings line up and every output value is written once.
-            let written = |out: &mut [MaybeUninit<T>]| {
-                out.par_chunks_mut(1 << 14)
-                    .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-                    .for_each(|(o, (g, y))| {
-                        debug_assert_eq!((o.len(), g.len()), (y.len(), y.len()));
-                        with_simd(
-                            #[inline(always)]
-                            move || {
-                                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                                    o.write(if y > T::zero() { g } else { T::zero() });
-                                }
-                            },
-                        )
-                    });
-            };
-            // SAFETY: `written` writes all `g.len()` values, as said where it is defined.
-            unsafe { written_by(g.len(), written) }
-        }
-        let op = self.name();
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "{op}: gradient {:?} and ReLU output {:?} differ in shape",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let storage = dispatch_float!(s1.dtype(), op, |T| {
-            T::to_cpu_storage_owned(mask::<T>(slice(s1, l1, op)?, slice(s2, l2, op)?))
-        });
-        Ok((storage, l1.shape().clone()))
+        candle_core::bail!("{}: the CPU backward masks inside its kernel", self.name())
     }
-    #[cfg(feature = "cuda")]
+
     fn cuda_fwd(
         &self,
         s1: &candle_core::CudaStorage,
@@ -93,21 +71,93 @@ impl CustomOp2 for ReluMask {
     }
 }
 
-/// The backward GEMMs: `Weight` on (input, dY) gives `[dW…, db…]` flat; `Input` on (dY, weight)
-/// gives dX with the stored input shape. Each with the forward's channel bands (`None`: dense).
-pub(super) enum GradOp {
-    /// With the kernel side.
-    Weight(ConvOptions, usize, Option<Arc<ChannelBands>>),
-    /// With the shape of the input.
-    Input(ConvOptions, Shape, Option<Arc<ChannelBands>>),
+/// The backward of a convolution on (input, output gradient) without ReLU, or (input, output
+/// gradient, ReLU output) with it: flat `[dX…, dW…, db…]`, dX (the input's shape) only with
+/// `weight`, dW and db only with `want_dw`. Each with the forward's channel bands.
+pub(super) struct BackwardOp {
+    pub(super) opts: ConvOptions,
+    /// Kernel side.
+    pub(super) k: usize,
+    pub(super) bands: Option<Arc<ChannelBands>>,
+    /// The forward's weight, when the input gradient is wanted.
+    pub(super) weight: Option<Tensor>,
+    pub(super) want_dw: bool,
 }
 
-impl CustomOp2 for GradOp {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Weight(..) => "nin-conv2d-weight-grad",
-            Self::Input(..) => "nin-conv2d-input-grad",
+impl BackwardOp {
+    /// Values of the flat output before dW: the input's length when dX is wanted.
+    pub(super) fn dx_len(&self, x: &Tensor) -> usize {
+        if self.weight.is_some() {
+            x.elem_count()
+        } else {
+            0
         }
+    }
+
+    fn run(
+        &self,
+        (x, x_layout): (&CpuStorage, &Layout),
+        (grad, grad_layout): (&CpuStorage, &Layout),
+        relu_out: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "nin-conv2d-backward";
+        let x_dims = x_layout.dims();
+        let &[_, c_in, _, _] = x_dims else {
+            candle_core::bail!("{op}: the input must be 4-D, got {x_dims:?}")
+        };
+        let c_out = grad_layout.dims().get(1).copied().unwrap_or(0);
+        let g = Geom::new(x_dims, &[c_out, c_in, self.k, self.k], self.opts)?;
+        g.expect_output(grad_layout.dims(), op)?;
+        if let Some((_, l)) = relu_out {
+            if l.dims() != grad_layout.dims() {
+                candle_core::bail!(
+                    "{op}: gradient {:?} and ReLU output {:?} differ in shape",
+                    grad_layout.dims(),
+                    l.dims()
+                );
+            }
+        }
+        let bands = g.bands_or_dense(self.bands.as_deref())?;
+        let weight = self.weight.as_ref().map(Tensor::storage_and_layout);
+        let weight = match &weight {
+            None => None,
+            Some((storage, layout)) => {
+                let Storage::Cpu(s) = &**storage else {
+                    candle_core::bail!("{op}: the weight is not on the CPU")
+                };
+                if layout.dims() != [g.c_out, g.c_in, g.k, g.k] {
+                    candle_core::bail!("{op}: weight {:?} does not fit the input", layout.dims());
+                }
+                Some((s, *layout))
+            }
+        };
+        let dw_len = if self.want_dw {
+            g.c_out * g.ckk() + g.c_out
+        } else {
+            0
+        };
+        let dx_len = if weight.is_some() {
+            g.n * g.in_len()
+        } else {
+            0
+        };
+        let storage = dispatch_float!(x.dtype(), op, |T| {
+            let xs = slice::<T>(x, x_layout, op)?;
+            let grad = slice::<T>(grad, grad_layout, op)?;
+            let dy = match relu_out {
+                None => OutGrad::Plain(grad),
+                Some((s, l)) => OutGrad::Masked(grad, slice::<T>(s, l, op)?),
+            };
+            let wt = weight.map(|(s, l)| slice::<T>(s, l, op)).transpose()?;
+            T::to_cpu_storage_owned(backward(&g, &bands, xs, dy, wt, self.want_dw))
+        });
+        Ok((storage, Shape::from(dx_len + dw_len)))
+    }
+}
+
+impl CustomOp2 for BackwardOp {
+    fn name(&self) -> &'static str {
+        "nin-conv2d-backward"
     }
 
     fn cpu_fwd(
@@ -117,42 +167,131 @@ impl CustomOp2 for GradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        // The geometry, and the shape of dY against it, are checked before any kernel runs.
-        let (g, out_shape, bands) = match self {
-            GradOp::Weight(opts, k, bands) => {
-                // s1 = input [N, C_in, H, W], s2 = dY [N, C_out, OH, OW].
-                let (x_dims, dy_dims) = (l1.dims(), l2.dims());
-                let (&[_, c_in, _, _], &[_, c_out, _, _]) = (x_dims, dy_dims) else {
-                    candle_core::bail!("{op}: operands must be 4-D, got {x_dims:?} and {dy_dims:?}")
-                };
-                let g = Geom::new(x_dims, &[c_out, c_in, *k, *k], *opts)?;
-                g.expect_output(dy_dims, op)?;
-                (g, Shape::from(c_out * g.ckk() + c_out), bands)
-            }
-            GradOp::Input(opts, x_shape, bands) => {
-                // s1 = dY [N, C_out, OH, OW], s2 = weight [C_out, C_in, k, k].
-                let g = Geom::new(x_shape.dims(), l2.dims(), *opts)?;
-                g.expect_output(l1.dims(), op)?;
-                (g, x_shape.clone(), bands)
-            }
-        };
-        let bands = g.bands_or_dense(bands.as_deref())?;
-        let storage = dispatch_float!(s1.dtype(), op, |T| {
-            let (a, b) = (slice::<T>(s1, l1, op)?, slice::<T>(s2, l2, op)?);
-            T::to_cpu_storage_owned(match self {
-                GradOp::Weight(..) => weight_grad(&g, &bands, a, b),
-                GradOp::Input(..) => input_grad(&g, &bands, a, b),
-            })
-        });
-        Ok((storage, out_shape))
+        self.run((s1, l1), (s2, l2), None)
     }
 }
 
+impl CustomOp3 for BackwardOp {
+    fn name(&self) -> &'static str {
+        "nin-conv2d-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// The output gradient as the kernel reads it: as given, or masked by the ReLU's output (zero
+/// where that is not positive).
+#[derive(Clone, Copy)]
+enum OutGrad<'a, T> {
+    Plain(&'a [T]),
+    /// The gradient, then the ReLU's output.
+    Masked(&'a [T], &'a [T]),
+}
+
+impl<T: WithDType> OutGrad<'_, T> {
+    /// Copies image `img`'s `rows` rows of `len` values into `dst`, row `r` at
+    /// `dst[r·ld + off..]`.
+    fn copy_image(
+        self,
+        img: usize,
+        (rows, len): (usize, usize),
+        dst: &mut [T],
+        ld: usize,
+        off: usize,
+    ) {
+        let start = img * rows * len;
+        match self {
+            OutGrad::Plain(g) => {
+                for (r, src) in g[start..start + rows * len].chunks(len).enumerate() {
+                    dst[r * ld + off..][..len].copy_from_slice(src);
+                }
+            }
+            OutGrad::Masked(g, y) => with_simd(
+                #[inline(always)]
+                move || {
+                    let (g, y) = (&g[start..start + rows * len], &y[start..start + rows * len]);
+                    for (r, (g, y)) in g.chunks(len).zip(y.chunks(len)).enumerate() {
+                        let d = &mut dst[r * ld + off..][..len];
+                        for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                            *d = if y > T::zero() { g } else { T::zero() };
+                        }
+                    }
+                },
+            ),
+        }
+    }
+}
+
+/// `[dX (with `wt`: `N·C_in·H·W`), dW (c_out·ckk), db (c_out)]`, dW and db summed over the batch
+/// (with `want_dw`; dW is zero outside `bands`), dX per image `col2im(Wᵀ · dY[n])` with one GEMM
+/// per input block of `bands`: its rows of `Wᵀ · dY[n]` from the output channels that read it
+/// (the weight is zero elsewhere), so each row is written once.
+///
+/// All the weight gradient's GEMMs run before the input gradient's: interleaved image by image,
+/// each evicted the other's operands (dW's accumulator, the packed weight) from L2, and the step
+/// was slower than with the masked copy made twice.
+///
+/// # Panics
+/// When a slice's length disagrees with `g` (a bug: the op checks the shapes first), rather than
+/// leave part of the output unwritten.
+fn backward<T: WithDType>(
+    g: &Geom,
+    bands: &ChannelBands,
+    x: &[T],
+    dy: OutGrad<'_, T>,
+    wt: Option<&[T]>,
+    want_dw: bool,
+) -> Vec<T> {
+    let (ckk, c_out) = (g.ckk(), g.c_out);
+    assert_eq!(x.len(), g.n * g.in_len(), "conv2d backward: input length");
+    let out_len = g.n * g.out_len();
+    match dy {
+        OutGrad::Plain(d) => assert_eq!(d.len(), out_len, "conv2d backward: gradient length"),
+        OutGrad::Masked(d, y) => assert_eq!(
+            (d.len(), y.len()),
+            (out_len, out_len),
+            "conv2d backward: gradient and ReLU output lengths"
+        ),
+    }
+    let dx_len = if wt.is_some() { g.n * g.in_len() } else { 0 };
+    let dw_len = if want_dw { c_out * ckk + c_out } else { 0 };
+    // Writes every value: dX whole by `input_grad` (when asked for), then dW and db by
+    // `weight_grad`, each of exactly its length.
+    let written = |out: &mut [MaybeUninit<T>]| {
+        let (dx, dw) = out.split_at_mut(dx_len);
+        if want_dw {
+            let total = weight_grad(g, bands, x, dy);
+            assert_eq!(total.len(), dw.len(), "conv2d backward: dW length");
+            for (d, t) in dw.iter_mut().zip(total) {
+                d.write(t);
+            }
+        }
+        if let Some(wt) = wt {
+            input_grad(g, bands, dy, wt, dx);
+        }
+    };
+    // SAFETY: `written` writes all `dx_len + dw_len` values, as said where it is defined.
+    unsafe { written_by(dx_len + dw_len, written) }
+}
+
 /// `[dW (c_out·ckk), db (c_out)]` summed over the batch; `dW` is zero outside `bands`.
-fn weight_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, x: &[T], dy: &[T]) -> Vec<T> {
+fn weight_grad<T: WithDType>(
+    g: &Geom,
+    bands: &ChannelBands,
+    x: &[T],
+    dy: OutGrad<'_, T>,
+) -> Vec<T> {
     let (ckk, ohw, c_out, kk) = (g.ckk(), g.ohw(), g.c_out, g.k * g.k);
-    debug_assert_eq!((x.len(), dy.len()), (g.n * g.in_len(), g.n * g.out_len()));
     let threads = rayon::current_num_threads().max(1);
     let per_chunk = g.n.div_ceil(threads).max(1);
     let par = inner_parallelism(g.n);
@@ -189,20 +328,14 @@ fn weight_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, x: &[T], dy: &[T]) 
                     } else {
                         im2col(g, xi, &mut col, ld, j * ohw);
                     }
-                    let gi = &dy[img * g.out_len()..(img + 1) * g.out_len()];
-                    for (r, src) in gi.chunks(ohw).enumerate() {
-                        dyg[r * ld + j * ohw..][..ohw].copy_from_slice(src);
-                    }
+                    dy.copy_image(img, (c_out, ohw), &mut dyg, ld, j * ohw);
                 }
-                let (lhs, lhs_rs, rhs, rhs_ld): (&[T], usize, &[T], usize) =
-                    (&dyg[..], ld, &col[..], ld);
-                debug_assert_eq!((lhs.len(), rhs.len()), (c_out * ld, ckk * ld));
                 for band in bands.by_output() {
                     let (rows, taps) = (band.out.len(), band.inp.len() * kk);
                     let (first_row, first_tap) = (band.out.start, band.inp.start * kk);
-                    // SAFETY: dw_t is c_out×ckk column-major; lhs is c_out×cols (row stride
-                    // lhs_rs); rhs is the transpose of a ckk×cols matrix with row stride
-                    // rhs_ld; buffers are distinct. The block's rows and taps lie within them
+                    // SAFETY: dw_t is c_out×ckk column-major; dyg is c_out×cols (row stride
+                    // ld); col is the transpose of a ckk×cols matrix with row stride ld;
+                    // buffers are distinct. The block's rows and taps lie within them
                     // (`ChannelBands` keeps `out` within c_out and `inp` within c_in).
                     unsafe {
                         matmul(
@@ -213,15 +346,15 @@ fn weight_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, x: &[T], dy: &[T]) 
                                 c_out,
                             ),
                             !first,
-                            (lhs.as_ptr().add(first_row * lhs_rs), lhs_rs, 1),
-                            (rhs.as_ptr().add(first_tap * rhs_ld), 1, rhs_ld),
+                            (dyg.as_ptr().add(first_row * ld), ld, 1),
+                            (col.as_ptr().add(first_tap * ld), 1, ld),
                             par,
                         )
                     };
                 }
                 first = false;
                 for (co, d) in db.iter_mut().enumerate() {
-                    *d += lane_sum(&lhs[co * lhs_rs..co * lhs_rs + cols]);
+                    *d += lane_sum(&dyg[co * ld..co * ld + cols]);
                 }
             }
             for (co, row) in dw.chunks_mut(ckk).enumerate() {
@@ -240,71 +373,93 @@ fn weight_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, x: &[T], dy: &[T]) 
     total
 }
 
-/// `dX[n] = col2im(Wᵀ · dY[n])` for every image, flat `[N, C_in, H, W]`, one GEMM per input
-/// block of `bands`: its rows of `Wᵀ · dY[n]` from the output channels that read it (the weight
-/// is zero elsewhere), so each row is written once.
-///
-/// # Panics
-/// When a slice's length disagrees with `g` (a bug: the op checks the shapes first), rather than
-/// leave part of the output unwritten.
-fn input_grad<T: WithDType>(g: &Geom, bands: &ChannelBands, dy: &[T], wt: &[T]) -> Vec<T> {
-    let (ckk, ohw, kk) = (g.ckk(), g.ohw(), g.k * g.k);
+/// Writes `dx` (`N·C_in·H·W`) whole: `dX[n] = col2im(Wᵀ · dY[n])` for every image. The ReLU's
+/// mask, when there is one, is applied to each image's gradient as it is copied into a buffer
+/// of the thread's; a plain gradient is read where it is.
+fn input_grad<T: WithDType>(
+    g: &Geom,
+    bands: &ChannelBands,
+    dy: OutGrad<'_, T>,
+    wt: &[T],
+    dx: &mut [MaybeUninit<T>],
+) {
     assert_eq!(
-        dy.len(),
-        g.n * g.out_len(),
-        "conv2d input grad: gradient length"
+        wt.len(),
+        g.c_out * g.ckk(),
+        "conv2d backward: weight length"
     );
-    assert_eq!(wt.len(), g.c_out * ckk, "conv2d input grad: weight length");
-    let par = inner_parallelism(g.n);
-    // Writes every value: `dx` splits into exactly `n` images of `in_len` values and `dy` into
-    // as many of `out_len` (asserted above), so the zip visits every image; each is written
-    // whole by the GEMM (pointwise: `dxi` is its destination, `accumulate` false) or by col2im,
-    // which fills before it adds.
-    let written = |dx: &mut [MaybeUninit<T>]| {
-        dx.par_chunks_mut(g.in_len())
-            .zip(dy.par_chunks(g.out_len()))
-            .for_each_init(Vec::new, |col: &mut Vec<T>, (dxi, gi)| {
-                debug_assert_eq!((dxi.len(), gi.len()), (g.in_len(), g.out_len()));
-                let direct = g.pointwise();
-                if !direct {
-                    col.resize(ckk * ohw, T::zero());
+    assert_eq!(dx.len(), g.n * g.in_len(), "conv2d backward: dX length");
+    let (ohw, par) = (g.ohw(), inner_parallelism(g.n));
+    dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(col, masked): &mut (Vec<T>, Vec<T>), (img, dxi)| {
+            let gi = match dy {
+                OutGrad::Plain(d) => &d[img * g.out_len()..][..g.out_len()],
+                OutGrad::Masked(..) => {
+                    masked.resize(g.out_len(), T::zero());
+                    dy.copy_image(img, (g.c_out, ohw), masked, ohw, 0);
+                    &masked[..]
                 }
-                let dst = if direct {
-                    dxi.as_mut_ptr().cast::<T>()
-                } else {
-                    col.as_mut_ptr()
-                };
-                for band in bands.by_input() {
-                    let (taps, first_tap) = (band.inp.len() * kk, band.inp.start * kk);
-                    let (rows, first_row) = (band.out.len(), band.out.start);
-                    // SAFETY: dst is ckk×ohw (dxi itself when pointwise); the input blocks tile
-                    // its rows, so each block's rows are written here once, without being read
-                    // (`accumulate` false), or zero-filled when no output reads them. wt viewed
-                    // as its transpose (ckk×c_out, row stride 1, column stride ckk); gi is
-                    // c_out×ohw. The block's rows and taps lie within them (`ChannelBands`
-                    // keeps `out` within c_out and `inp` within c_in).
-                    unsafe {
-                        let dst = dst.add(first_tap * ohw);
-                        if rows == 0 {
-                            // All-zero bytes are 0 in every float type the op dispatches on.
-                            std::ptr::write_bytes(dst, 0, taps * ohw);
-                            continue;
-                        }
-                        matmul(
-                            (taps, ohw, rows),
-                            (dst, ohw, 1),
-                            false,
-                            (wt.as_ptr().add(first_row * ckk + first_tap), 1, ckk),
-                            (gi.as_ptr().add(first_row * ohw), ohw, 1),
-                            par,
-                        )
-                    };
-                }
-                if !direct {
-                    col2im(g, col, dxi);
-                }
-            });
+            };
+            image_input_grad(g, bands, wt, (gi, ohw, 0), col, dxi, par);
+        },
+    );
+}
+
+/// Writes image `dxi = col2im(Wᵀ · dY)` whole, for `dy` one image's output gradient
+/// (`c_out×ohw` at column `off` of a buffer with row stride `ld`), one GEMM per input block of
+/// `bands`; `col` is scratch.
+fn image_input_grad<T: WithDType>(
+    g: &Geom,
+    bands: &ChannelBands,
+    wt: &[T],
+    (dy, ld, off): (&[T], usize, usize),
+    col: &mut Vec<T>,
+    dxi: &mut [MaybeUninit<T>],
+    par: gemm::Parallelism,
+) {
+    let (ckk, ohw, kk) = (g.ckk(), g.ohw(), g.k * g.k);
+    assert_eq!(dxi.len(), g.in_len(), "conv2d backward: dX image length");
+    assert!(
+        dy.len() >= (g.c_out - 1) * ld + off + ohw,
+        "conv2d backward: dY buffer length"
+    );
+    let direct = g.pointwise();
+    if !direct {
+        col.resize(col.len().max(ckk * ohw), T::zero());
+    }
+    let dst = if direct {
+        dxi.as_mut_ptr().cast::<T>()
+    } else {
+        col.as_mut_ptr()
     };
-    // SAFETY: `written` writes all `n·in_len` values, as said where it is defined.
-    unsafe { written_by(g.n * g.in_len(), written) }
+    for band in bands.by_input() {
+        let (taps, first_tap) = (band.inp.len() * kk, band.inp.start * kk);
+        let (rows, first_row) = (band.out.len(), band.out.start);
+        // SAFETY: dst is ckk×ohw (dxi itself when pointwise, of in_len = ckk·ohw values,
+        // asserted); the input blocks tile its rows, so each block's rows are written here
+        // once, without being read (`accumulate` false), or zero-filled when no output reads
+        // them. wt viewed as its transpose (ckk×c_out, row stride 1, column stride ckk); dy is
+        // c_out×ohw with row stride ld from `off` (its length asserted). The block's rows and
+        // taps lie within them (`ChannelBands` keeps `out` within c_out and `inp` within c_in).
+        unsafe {
+            let dst = dst.add(first_tap * ohw);
+            if rows == 0 {
+                // All-zero bytes are 0 in every float type the op dispatches on.
+                std::ptr::write_bytes(dst, 0, taps * ohw);
+                continue;
+            }
+            matmul(
+                (taps, ohw, rows),
+                (dst, ohw, 1),
+                false,
+                (wt.as_ptr().add(first_row * ckk + first_tap), 1, ckk),
+                (dy.as_ptr().add(first_row * ld + off), ld, 1),
+                par,
+            )
+        };
+    }
+    if !direct {
+        col2im(g, &col[..ckk * ohw], dxi);
+    }
 }

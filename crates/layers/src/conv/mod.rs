@@ -46,7 +46,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
-use self::backward::{GradOp, ReluMask};
+use self::backward::BackwardOp;
 use self::forward::forward;
 use self::geometry::Geom;
 use crate::cpu::{dispatch_float, slice};
@@ -195,7 +195,8 @@ impl ConvOp {
     }
 
     /// Gradients for weight and bias, each only when its tensor tracks gradients, and for the
-    /// input when `want_dx` (the op's own backward asks exactly when the input tracks them).
+    /// input when `want_dx` (the op's own backward asks exactly when the input tracks them); one
+    /// kernel for all three (see `backward`).
     fn backward_for(
         &self,
         x: &Tensor,
@@ -205,25 +206,37 @@ impl ConvOp {
         grad: &Tensor,
         want_dx: bool,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = if self.opts.relu {
-            grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?
-        } else {
-            grad.contiguous()?
-        };
-        let (c_out, ckk) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
-        let (mut dw, mut db) = (None, None);
-        if w.track_op() || b.is_some_and(Tensor::track_op) {
-            let op = GradOp::Weight(self.opts, w.dim(2)?, self.bands.clone());
-            let both = x.apply_op2_no_bwd(&dy, &op)?;
-            dw = Some(both.narrow(0, 0, c_out * ckk)?.reshape(w.shape())?);
-            db = b.map(|_| both.narrow(0, c_out * ckk, c_out)).transpose()?;
+        let want_dw = w.track_op() || b.is_some_and(Tensor::track_op);
+        if !(want_dw || want_dx) {
+            return Ok((None, None, None));
         }
-        let dx = if want_dx {
-            let op = GradOp::Input(self.opts, x.shape().clone(), self.bands.clone());
-            Some(dy.apply_op2_no_bwd(w, &op)?)
-        } else {
-            None
+        let op = BackwardOp {
+            opts: self.opts,
+            k: w.dim(2)?,
+            bands: self.bands.clone(),
+            weight: want_dx.then(|| w.clone()),
+            want_dw,
         };
+        let grad = grad.contiguous()?;
+        let flat = if self.opts.relu {
+            x.apply_op3_no_bwd(&grad, res, &op)?
+        } else {
+            x.apply_op2_no_bwd(&grad, &op)?
+        };
+        let dx_len = op.dx_len(x);
+        let dx = want_dx
+            .then(|| flat.narrow(0, 0, dx_len)?.reshape(x.shape()))
+            .transpose()?;
+        // Views of one buffer: candle adds each gradient into a tensor of its own (candle's
+        // `GradStore`), so the buffer goes as soon as the three have been added.
+        let (mut dw, mut db) = (None, None);
+        if want_dw {
+            let (c_out, ckk) = (w.dim(0)?, w.elem_count() / w.dim(0)?);
+            dw = Some(flat.narrow(0, dx_len, c_out * ckk)?.reshape(w.shape())?);
+            db = b
+                .map(|_| flat.narrow(0, dx_len + c_out * ckk, c_out))
+                .transpose()?;
+        }
         Ok((dx, dw, db))
     }
 }

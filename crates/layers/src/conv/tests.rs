@@ -193,20 +193,59 @@ fn a_plain_input_gets_no_gradient_and_a_variable_one_does() {
 
 #[test]
 fn batches_larger_than_the_pool_split_and_sum_in_order() {
-    // Enough images for several chunks and packed groups of small maps.
+    // Enough images for several chunks and packed groups of small maps, with and without the
+    // ReLU whose mask the backward applies as it packs them.
     let x = Var::from_tensor(&tensor(&[9, 3, 4, 4], 5, DType::F64)).unwrap();
     let w = Var::from_tensor(&tensor(&[2, 3, 3, 3], 6, DType::F64)).unwrap();
+    for relu in [false, true] {
+        let opts = ConvOptions {
+            stride: 1,
+            padding: 1,
+            relu,
+        };
+        let ours = conv2d(&x, &w, None, opts).unwrap();
+        let mut theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        if relu {
+            theirs = theirs.relu().unwrap();
+        }
+        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&w, &x] {
+            assert!(max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-10);
+        }
+    }
+}
+
+/// A frozen convolution (weight and bias plain tensors) still passes the gradient on to its
+/// input, and gives none to the weight; a frozen first layer gives no gradient at all.
+#[test]
+fn a_frozen_convolution_passes_the_gradient_to_its_input_only() {
+    let x = Var::from_tensor(&tensor(&[5, 4, 6, 6], 8, DType::F64)).unwrap();
+    let (w, b) = (
+        tensor(&[3, 4, 3, 3], 9, DType::F64),
+        tensor(&[3], 10, DType::F64),
+    );
     let opts = ConvOptions {
         stride: 1,
         padding: 1,
-        relu: false,
+        relu: true,
     };
-    let ours = conv2d(&x, &w, None, opts).unwrap();
-    let theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+    let ours = conv2d(&x, &w, Some(&b), opts).unwrap();
+    let theirs = x
+        .conv2d(&w, 1, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap())
+        .unwrap()
+        .relu()
+        .unwrap();
     let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     let g2 = theirs.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(max_abs_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < 1e-10);
     assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-10);
+    assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+    let plain = x.as_tensor().detach();
+    let out = conv2d(&plain, &w, Some(&b), opts).unwrap();
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&plain).is_none() && grads.get(&w).is_none());
 }
 
 /// The shapes the kernels rely on are refused with an error before any of them runs, including
@@ -227,28 +266,38 @@ fn shapes_the_kernels_cannot_take_are_errors() {
     assert!(conv2d(&x, &wrong_channels, None, opts).is_err());
     let no_stride = ConvOptions { stride: 0, ..opts };
     assert!(conv2d(&x, &w, None, no_stride).is_err());
-    // The output is [2, 5, 2, 2]; a gradient of another shape is refused.
+    // The output is [2, 5, 2, 2]; a gradient of another shape is refused, whichever gradients
+    // are asked for, and so is a ReLU output that differs from the gradient.
     let bad_grad = tensor(&[2, 5, 3, 2], 5, DType::F32);
-    let input_grad = GradOp::Input(opts, x.shape().clone(), None);
-    let err = bad_grad
-        .apply_op2_no_bwd(&w, &input_grad)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("expected an output gradient [2, 5, 2, 2]"),
-        "{err}"
-    );
+    let backward = |weight: Option<&Tensor>, want_dw| BackwardOp {
+        opts,
+        k: 3,
+        bands: None,
+        weight: weight.cloned(),
+        want_dw,
+    };
+    for (weight, want_dw) in [(Some(&w), false), (None, true), (Some(&w), true)] {
+        let err = x
+            .apply_op2_no_bwd(&bad_grad, &backward(weight, want_dw))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected an output gradient [2, 5, 2, 2]"),
+            "{err}"
+        );
+    }
+    let (grad, y) = (tensor(&[2, 5, 2, 2], 6, DType::F32), bad_grad);
     let err = x
-        .apply_op2_no_bwd(&bad_grad, &GradOp::Weight(opts, 3, None))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("expected an output gradient"), "{err}");
-    let y = tensor(&[2, 5, 2, 2], 6, DType::F32);
-    let err = bad_grad
-        .apply_op2_no_bwd(&y, &ReluMask)
+        .apply_op3_no_bwd(&grad, &y, &backward(Some(&w), true))
         .unwrap_err()
         .to_string();
     assert!(err.contains("differ in shape"), "{err}");
+    let wrong_weight = tensor(&[5, 3, 2, 2], 7, DType::F32);
+    let err = x
+        .apply_op2_no_bwd(&grad, &backward(Some(&wrong_weight), false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit the input"), "{err}");
 }
 
 /// A banded convolution equals the dense one of its weight with everything outside the windows

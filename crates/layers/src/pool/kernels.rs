@@ -8,6 +8,7 @@ use candle_core::WithDType;
 use rayon::prelude::*;
 
 use super::{Pool2dConfig, PoolKind};
+use crate::cpu::with_simd;
 
 /// Plane geometry shared by forward and backward kernels.
 #[derive(Clone, Copy)]
@@ -87,9 +88,73 @@ pub(super) fn forward_kernel<T: WithDType>(
             // A forward runs once per op; should candle ever run it twice, the indices agree.
             let _ = cell.set(super::Argmax::Cpu(indices));
         }
+        None if cfg.kind == PoolKind::Max => planes
+            // A plane is small (a few thousand values at most on NIN's maps): several per task.
+            .with_min_len(PLANES_PER_TASK.div_ceil(g.h * g.w))
+            .for_each_init(Vec::new, |column_max, (out, plane)| {
+                max_plane(cfg, g, plane, out, column_max)
+            }),
         None => planes.for_each(|(out, plane)| pool_plane(cfg, g, plane, out, None)),
     }
     out
+}
+
+/// Input values a forward task takes at least.
+const PLANES_PER_TASK: usize = 1 << 14;
+
+/// The larger of `a` and `b`, `a` on a tie, NaN when either is: PyTorch's max pool propagates
+/// NaN. Written as a select so that loops of it vectorise.
+#[inline(always)]
+fn max_or_nan<T: WithDType>(a: T, b: T) -> T {
+    #[allow(clippy::eq_op)] // b != b is the generic NaN test.
+    if b > a || b != b {
+        b
+    } else {
+        a
+    }
+}
+
+/// Max-pools one plane into `out` without recording where the maxima were (inference, and
+/// inputs that need no gradient): per output row, the maximum of the window's input rows column
+/// by column (a vectorised pass over whole rows), then each window's maximum along that row, so
+/// every input value is read once per window row rather than once per window. The values are
+/// those of [`pool_plane`], but for the sign of a zero where +0 and −0 tie in one window.
+fn max_plane<T: WithDType>(
+    cfg: &Pool2dConfig,
+    g: Planes,
+    plane: &[T],
+    out: &mut [T],
+    column_max: &mut Vec<T>,
+) {
+    column_max.resize(g.w, T::zero());
+    for oy in 0..g.oh {
+        let (h0, h1, _) = cfg.window(oy, g.h);
+        let out_row = &mut out[oy * g.ow..(oy + 1) * g.ow];
+        if h0 >= h1 {
+            out_row.fill(T::from_f64(f64::NEG_INFINITY));
+            continue;
+        }
+        column_max.copy_from_slice(&plane[h0 * g.w..(h0 + 1) * g.w]);
+        for y in h0 + 1..h1 {
+            let row = &plane[y * g.w..(y + 1) * g.w];
+            let column_max = &mut column_max[..];
+            with_simd(
+                #[inline(always)]
+                move || {
+                    for (m, &v) in column_max.iter_mut().zip(row) {
+                        *m = max_or_nan(*m, v);
+                    }
+                },
+            );
+        }
+        for (ox, o) in out_row.iter_mut().enumerate() {
+            let (w0, w1, _) = cfg.window(ox, g.w);
+            *o = match column_max.get(w0..w1) {
+                Some([first, rest @ ..]) => rest.iter().fold(*first, |m, &v| max_or_nan(m, v)),
+                _ => T::from_f64(f64::NEG_INFINITY),
+            };
+        }
+    }
 }
 
 /// Pools one plane into `out`, recording each maximum's in-plane index into `argmax` if given.

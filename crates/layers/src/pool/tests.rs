@@ -75,6 +75,42 @@ fn recorded_maxima_give_the_gradient_a_search_of_every_window_gives() {
     }
 }
 
+/// The max pool of an input without a gradient (row-by-row maxima) gives the values of the one
+/// that records its maxima (a search of every window) on every geometry: padding, ceil mode,
+/// overlapping and disjoint windows, ties and NaN.
+#[test]
+fn a_max_pool_without_a_gradient_gives_the_values_of_one_with() {
+    let mut values: Vec<f64> = (0..2 * 5 * 9 * 11)
+        .map(|i| ((i * 7919 % 31) as f64 / 4.0).round() - 3.0)
+        .collect();
+    values[57] = f64::NAN;
+    values[300] = f64::NAN;
+    let x = Tensor::from_vec(values, (2, 5, 9, 11), &Device::Cpu).unwrap();
+    for (kernel, stride, padding, ceil) in [
+        (3, 2, 0, true),
+        (3, 2, 1, true),
+        (3, 2, 1, false),
+        (2, 2, 0, false),
+        (2, 2, 1, true),
+        (3, 1, 1, false),
+        (4, 3, 2, true),
+        (1, 1, 0, false),
+    ] {
+        let c = cfg(PoolKind::Max, kernel, stride, padding, ceil);
+        let plain = pool2d(&x, &c).unwrap();
+        let var = Var::from_tensor(&x).unwrap();
+        let recorded = pool2d(var.as_tensor(), &c).unwrap();
+        let bits = |t: &Tensor| -> Vec<u64> {
+            let v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            v.iter()
+                .map(|v| if v.is_nan() { u64::MAX } else { v.to_bits() })
+                .collect()
+        };
+        assert_eq!(plain.dims(), recorded.dims(), "{c:?}");
+        assert_eq!(bits(&plain), bits(&recorded), "{c:?}");
+    }
+}
+
 #[test]
 fn bad_configs_are_refused_with_the_field_named() {
     let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();

@@ -131,16 +131,8 @@ impl BackwardOp {
                 Some((s, *layout))
             }
         };
-        let dw_len = if self.want_dw {
-            g.c_out * g.ckk() + g.c_out
-        } else {
-            0
-        };
-        let dx_len = if weight.is_some() {
-            g.n * g.in_len()
-        } else {
-            0
-        };
+        // The flat output's length is whatever `backward` made it (dX and dW as asked for).
+        let len;
         let storage = dispatch_float!(x.dtype(), op, |T| {
             let xs = slice::<T>(x, x_layout, op)?;
             let grad = slice::<T>(grad, grad_layout, op)?;
@@ -149,9 +141,11 @@ impl BackwardOp {
                 Some((s, l)) => OutGrad::Masked(grad, slice::<T>(s, l, op)?),
             };
             let wt = weight.map(|(s, l)| slice::<T>(s, l, op)).transpose()?;
-            T::to_cpu_storage_owned(backward(&g, &bands, xs, dy, wt, self.want_dw))
+            let out = backward(&g, &bands, xs, dy, wt, self.want_dw);
+            len = out.len();
+            T::to_cpu_storage_owned(out)
         });
-        Ok((storage, Shape::from(dx_len + dw_len)))
+        Ok((storage, Shape::from(len)))
     }
 }
 
